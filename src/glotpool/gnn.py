@@ -1,0 +1,80 @@
+"""Token-GNN: K dense graph-convolution layers over a batch of token graphs, with jumping knowledge.
+
+    H⁰ = H,   Hᵏ = ReLU(conv_k(Hᵏ⁻¹, A)),   k = 1..K
+    jk="cat"  : U = [H⁰ ‖ H¹ ‖ … ‖ Hᴷ]          dim D + K·F   (the paper's choice, default)
+    jk="max"  : U = max_k Hᵏ  (k ≥ 1)            dim F
+    jk="mean" : U = mean_k Hᵏ (k ≥ 1)            dim F
+    jk="last" : U = Hᴷ                           dim F
+
+Shapes: ``x [B, L, D]``, ``adj [B, L, L]`` (0/1, self-loops included), ``mask [B, L]`` (bool) → ``U [B, L, out_dim]``.
+Padding rows of every layer's output are zero.
+
+Layers are PyTorch Geometric's dense batched convolutions (one padded tensor per batch, no edge lists):
+``gat`` = :class:`~torch_geometric.nn.dense.DenseGATConv` (one head), ``gcn`` =
+:class:`~torch_geometric.nn.dense.DenseGCNConv` (symmetric normalisation), ``gin`` =
+:class:`~torch_geometric.nn.dense.DenseGINConv` with a 2-layer MLP (sum aggregation over the graph's neighbours,
+self-loop included, plus the ``(1 + eps) x`` self term of GIN). ``gatv2`` has no dense PyG layer, so it uses our
+own :class:`~glotpool.layers.DenseGATv2Conv`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn.dense import DenseGATConv, DenseGCNConv, DenseGINConv
+
+CONVS = ("gat", "gcn", "gin", "gatv2")
+JK_MODES = ("cat", "max", "mean", "last")
+
+
+def make_conv(conv: str, in_dim: int, out_dim: int) -> nn.Module:
+    if conv == "gat":
+        return DenseGATConv(in_dim, out_dim, heads=1)
+    if conv == "gcn":
+        return DenseGCNConv(in_dim, out_dim)
+    if conv == "gin":
+        mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
+        return DenseGINConv(mlp)
+    if conv == "gatv2":
+        from glotpool.layers import DenseGATv2Conv
+
+        return DenseGATv2Conv(in_dim, out_dim)
+    raise ValueError(f"unknown conv {conv!r}; valid convs: {', '.join(CONVS)}")
+
+
+class TokenGNN(nn.Module):
+    def __init__(self, in_dim: int, hidden_dim: int = 256, num_layers: int = 2, conv: str = "gat",
+                 jk: str = "cat", dropout: float = 0.0):
+        super().__init__()
+        if jk not in JK_MODES:
+            raise ValueError(f"unknown jk mode {jk!r}; valid modes: {', '.join(JK_MODES)}")
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        if jk != "cat" and num_layers == 0:
+            raise ValueError(f"jk={jk!r} needs num_layers >= 1 (only 'cat' keeps the input)")
+        self.in_dim, self.hidden_dim, self.num_layers, self.jk = in_dim, hidden_dim, num_layers, jk
+        dims = [in_dim] + [hidden_dim] * num_layers
+        self.convs = nn.ModuleList(make_conv(conv, dims[i], dims[i + 1]) for i in range(num_layers))
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def out_dim(self) -> int:
+        return self.in_dim + self.num_layers * self.hidden_dim if self.jk == "cat" else self.hidden_dim
+
+    def reset_parameters(self) -> None:
+        for conv in self.convs:
+            conv.reset_parameters()
+
+    def forward(self, x: Tensor, adj: Tensor, mask: Tensor) -> Tensor:
+        layers = [x]
+        h = x
+        for conv in self.convs:
+            # add_loop=True sets A_ii = 1 on every position: real tokens have that self-loop already, and on
+            # padding it keeps GAT's softmax rows finite (an all -inf row is NaN); padding outputs are masked to 0.
+            h = torch.relu(conv(self.dropout(h), adj, mask=mask, add_loop=True))
+            layers.append(h)
+        if self.jk == "cat":
+            return torch.cat(layers, dim=-1)
+        if self.jk == "last":
+            return layers[-1]
+        stacked = torch.stack(layers[1:], dim=0)
+        return stacked.max(0).values if self.jk == "max" else stacked.mean(0)

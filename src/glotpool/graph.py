@@ -1,0 +1,99 @@
+"""Token-similarity graphs built from frozen hidden states.
+
+Every rule returns a dense adjacency ``A [B, L, L]`` (float 0/1) that
+
+* has no edge touching a padding position (``mask[b, i] == 0`` ⇒ row and column ``i`` are zero),
+* keeps the self-loop of every real token (``A[b, i, i] = 1``), and
+* is symmetric.
+
+Rules
+-----
+``threshold``  ``A_ij = 1  ⇔  cos(h_i, h_j) > tau``   (self-loops follow from ``cos(h_i, h_i) = 1 > tau``; they are
+               also set explicitly so ``tau >= 1`` or a zero vector cannot drop them).
+``knn``        token ``i`` keeps its ``k`` most similar real tokens (itself included), then ``A ← A ∨ Aᵀ``.
+
+``center=True`` subtracts each sentence's mean real-token state before the cosine. Decoder states are strongly
+anisotropic (all pairwise cosines near 1), which makes the threshold graph almost complete; centring removes the
+shared direction so the threshold measures relative similarity again.
+
+The graph is a discrete function of the states and carries no gradient.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+GRAPH_RULES = ("threshold", "knn")
+
+
+@torch.no_grad()
+def cosine_similarity(h: Tensor, mask: Tensor, center: bool = False) -> Tensor:
+    """Pairwise cosine similarity of tokens. ``h [B, L, D]``, ``mask [B, L]`` (bool) → ``S [B, L, L]``.
+
+    Entries that touch padding are meaningless; callers mask them.
+    """
+    h = h.float()
+    if center:
+        m = mask.unsqueeze(-1).to(h.dtype)
+        mean = (h * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
+        h = h - mean
+    hn = torch.nn.functional.normalize(h, dim=-1, eps=1e-8)
+    return hn @ hn.transpose(1, 2)
+
+
+def _pair_mask(mask: Tensor) -> Tensor:
+    return mask.unsqueeze(2) & mask.unsqueeze(1)  # [B, L, L]: both ends are real tokens
+
+
+def _with_self_loops(adj: Tensor, mask: Tensor) -> Tensor:
+    return adj | torch.diag_embed(mask)
+
+
+@torch.no_grad()
+def threshold_graph(h: Tensor, mask: Tensor, tau: float, center: bool = False) -> Tensor:
+    """``A_ij = 1`` iff ``i, j`` are real tokens and ``cos(h_i, h_j) > tau``. Returns float ``[B, L, L]``."""
+    sim = cosine_similarity(h, mask, center)
+    adj = (sim > tau) & _pair_mask(mask)
+    return _with_self_loops(adj, mask).to(h.dtype)
+
+
+@torch.no_grad()
+def knn_graph(h: Tensor, mask: Tensor, k: int, center: bool = False) -> Tensor:
+    """Symmetrised k-nearest-neighbour graph over real tokens (self counts as one of the ``k``)."""
+    if k < 1:
+        raise ValueError(f"knn graph needs k >= 1, got k={k}")
+    B, L, _ = h.shape
+    sim = cosine_similarity(h, mask, center)
+    sim = sim.masked_fill(~mask.unsqueeze(1), float("-inf"))  # never pick a padding neighbour
+    # the diagonal is the maximum possible similarity, so self is always among the top-k
+    sim = sim.masked_fill(torch.eye(L, dtype=torch.bool, device=h.device), float("inf"))
+    idx = sim.topk(min(k, L), dim=-1).indices  # [B, L, k]
+    adj = torch.zeros(B, L, L, dtype=torch.bool, device=h.device)
+    adj.scatter_(2, idx, True)
+    adj = (adj | adj.transpose(1, 2)) & _pair_mask(mask)  # k > #real tokens picked padding: drop those
+    return _with_self_loops(adj, mask).to(h.dtype)
+
+
+@torch.no_grad()
+def build_graph(h: Tensor, mask: Tensor, rule: str = "threshold", *, tau: float = 0.6, k: int = 8,
+                center: bool = False) -> Tensor:
+    """Dispatch on ``rule`` (one of :data:`GRAPH_RULES`)."""
+    if rule == "threshold":
+        return threshold_graph(h, mask, tau, center)
+    if rule == "knn":
+        return knn_graph(h, mask, k, center)
+    raise ValueError(f"unknown graph rule {rule!r}; valid rules: {', '.join(GRAPH_RULES)}")
+
+
+@torch.no_grad()
+def edges_per_token(adj: Tensor, mask: Tensor) -> Tensor:
+    """Mean number of neighbours per real token (self-loop included), per sentence: ``[B]``."""
+    n = mask.sum(1).clamp_min(1).to(adj.dtype)
+    return adj.sum((1, 2)) / n
+
+
+@torch.no_grad()
+def graph_density(adj: Tensor, mask: Tensor) -> Tensor:
+    """Fraction of possible real-token pairs that are edges (self-loops included), per sentence: ``[B]``."""
+    n = mask.sum(1).clamp_min(1).to(adj.dtype)
+    return adj.sum((1, 2)) / (n * n)
