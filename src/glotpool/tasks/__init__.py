@@ -1,0 +1,221 @@
+"""Task heads: what sits on top of the pooled sentence vector ``z`` during training.
+
+=============  ==========================================  ===========================================
+task type      head                                        loss
+=============  ==========================================  ===========================================
+``single``     linear on ``z``                             cross-entropy (optional class weights)
+``pair``       linear on ``[z1 ‖ z2]`` or                  cross-entropy
+               ``[z1, z2, |z1 − z2|, z1 ∗ z2]``
+``sts``        ``cos(z1, z2)`` (no parameters)             MSE vs gold rescaled to [0, 1], or CoSENT
+``retrieval``  ``cos(q, d) / T`` over in-batch documents   symmetric InfoNCE (in-batch negatives)
+=============  ==========================================  ===========================================
+
+Each head: ``forward(z1, z2=None) -> out``, ``loss(out, target)``, ``predictions(out)`` (what the metrics take).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glotpool.io_utils import atomic_path, atomic_write_json
+
+TASK_TYPES = ("single", "pair", "sts", "retrieval")
+HEADS: dict[str, type["TaskHead"]] = {}
+
+
+def _register(cls):
+    HEADS[cls.task_type] = cls
+    return cls
+
+
+@dataclass
+class HeadConfig:
+    dim: int  # the pooler's out_dim
+
+
+class TaskHead(nn.Module):
+    task_type: ClassVar[str] = ""
+    is_pair: ClassVar[bool] = False
+    Config: ClassVar[type] = HeadConfig
+
+    def __init__(self, dim: int, **options):
+        super().__init__()
+        names = [f.name for f in dataclasses.fields(self.Config)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for a {self.task_type!r} head; valid: "
+                             f"{', '.join(n for n in names if n != 'dim') or '(none)'}")
+        self.config = self.Config(dim=dim, **options)
+
+    def loss(self, out: Tensor, target: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def predictions(self, out: Tensor) -> Tensor:
+        return out
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(path / "head.safetensors") as tmp:
+            save_file(state, str(tmp))
+        atomic_write_json(path / "head.json", {"task_type": self.task_type, "config": asdict(self.config)})
+
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike) -> "TaskHead":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / "head.json").is_file():
+            raise FileNotFoundError(f"no task head at {path}: head.json is missing")
+        meta = json.loads((path / "head.json").read_text())
+        cfg = dict(meta["config"])
+        if "class_weights" in cfg and cfg["class_weights"] is not None:
+            cfg["class_weights"] = list(cfg["class_weights"])
+        head = build_head(meta["task_type"], **cfg)
+        head.load_state_dict(load_file(str(path / "head.safetensors")))
+        return head
+
+
+@dataclass
+class ClassifierConfig(HeadConfig):
+    num_labels: int = 2
+    class_weights: list[float] | None = None  # per-class loss weights (e.g. inverse frequency)
+    dropout: float = 0.0
+
+
+@_register
+class SingleSentenceClassifier(TaskHead):
+    """``logits = W z + b``."""
+
+    task_type = "single"
+    Config = ClassifierConfig
+
+    def __init__(self, dim: int, **options):
+        super().__init__(dim, **options)
+        c = self.config
+        if c.num_labels < 2:
+            raise ValueError(f"classification needs num_labels >= 2, got {c.num_labels}")
+        self.dropout = nn.Dropout(c.dropout)
+        self.linear = nn.Linear(self.feature_dim, c.num_labels)
+        weights = torch.tensor(c.class_weights, dtype=torch.float32) if c.class_weights else None
+        if weights is not None and weights.numel() != c.num_labels:
+            raise ValueError(f"class_weights has {weights.numel()} entries for {c.num_labels} labels")
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.dim
+
+    def features(self, z1: Tensor, z2: Tensor | None) -> Tensor:
+        return z1
+
+    def forward(self, z1: Tensor, z2: Tensor | None = None) -> Tensor:
+        return self.linear(self.dropout(self.features(z1, z2)))
+
+    def loss(self, out: Tensor, target: Tensor) -> Tensor:
+        w = self.class_weights.to(out.dtype) if self.class_weights is not None else None
+        return F.cross_entropy(out, target, weight=w)
+
+
+@dataclass
+class PairClassifierConfig(ClassifierConfig):
+    features: str = "concat"  # concat: [z1 ‖ z2]  |  full: [z1, z2, |z1 − z2|, z1 ∗ z2]
+
+
+@_register
+class PairClassifier(SingleSentenceClassifier):
+    task_type = "pair"
+    is_pair = True
+    Config = PairClassifierConfig
+
+    def __init__(self, dim: int, **options):
+        feats = options.get("features", "concat")
+        if feats not in ("concat", "full"):
+            raise ValueError(f"unknown pair features {feats!r}; use 'concat' or 'full'")
+        super().__init__(dim, **options)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.dim * (2 if self.config.features == "concat" else 4)
+
+    def features(self, z1: Tensor, z2: Tensor | None) -> Tensor:
+        if z2 is None:
+            raise ValueError("a pair classifier needs two sentences (text_col_2)")
+        if self.config.features == "concat":
+            return torch.cat([z1, z2], dim=-1)
+        return torch.cat([z1, z2, (z1 - z2).abs(), z1 * z2], dim=-1)
+
+
+@dataclass
+class STSConfig(HeadConfig):
+    loss: str = "mse"  # mse (cosine vs gold in [0, 1]) | cosent
+    cosent_scale: float = 20.0
+
+
+@_register
+class STSHead(TaskHead):
+    """Similarity regression: ``ŷ = cos(z1, z2)``; targets are gold scores rescaled to [0, 1] by the caller."""
+
+    task_type = "sts"
+    is_pair = True
+    Config = STSConfig
+
+    def __init__(self, dim: int, **options):
+        super().__init__(dim, **options)
+        if self.config.loss not in ("mse", "cosent"):
+            raise ValueError(f"unknown sts loss {self.config.loss!r}; use 'mse' or 'cosent'")
+
+    def forward(self, z1: Tensor, z2: Tensor | None = None) -> Tensor:
+        return F.cosine_similarity(z1, z2, dim=-1)
+
+    def loss(self, out: Tensor, target: Tensor) -> Tensor:
+        if self.config.loss == "mse":
+            return F.mse_loss(out, target.to(out.dtype))
+        # CoSENT: for every pair (i, j) with gold_i > gold_j, penalise cos_j > cos_i.
+        diff = (out[None, :] - out[:, None]) * self.config.cosent_scale  # [i, j] = cos_j - cos_i
+        valid = target[:, None] > target[None, :]
+        diff = diff.masked_fill(~valid, float("-inf"))
+        return torch.logsumexp(torch.cat([diff.new_zeros(1), diff.flatten()]), dim=0)
+
+
+@dataclass
+class RetrievalConfig(HeadConfig):
+    temperature: float = 0.05
+
+
+@_register
+class ContrastiveHead(TaskHead):
+    """Symmetric InfoNCE with in-batch negatives: ``S = cos(q_i, d_j) / T``, CE on rows and on columns."""
+
+    task_type = "retrieval"
+    is_pair = True
+    Config = RetrievalConfig
+
+    def forward(self, z1: Tensor, z2: Tensor | None = None) -> Tensor:
+        q, d = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+        return q @ d.T / self.config.temperature  # [B, B]
+
+    def loss(self, out: Tensor, target: Tensor | None = None) -> Tensor:
+        labels = torch.arange(out.shape[0], device=out.device)
+        return (F.cross_entropy(out, labels) + F.cross_entropy(out.T, labels)) / 2
+
+
+def build_head(task_type: str, dim: int, **options) -> TaskHead:
+    if task_type not in HEADS:
+        raise ValueError(f"unknown task type {task_type!r}; valid: {', '.join(TASK_TYPES)}")
+    return HEADS[task_type](dim, **options)
+
+
+__all__ = ["TASK_TYPES", "TaskHead", "SingleSentenceClassifier", "PairClassifier", "STSHead", "ContrastiveHead",
+           "build_head"]

@@ -1,0 +1,322 @@
+"""Train a pooler + task head on cached token states. The backbone never runs here.
+
+    splits = prepare_splits(cache, {"train": ds_train, "dev": ds_dev, "test": ds_test}, task_type="single")
+    seed_everything(0)
+    pooler = build_pooler("glot", in_dim=cache.dim)
+    head = build_head("single", pooler.out_dim, num_labels=splits.num_labels)
+    result = train_pooler(pooler, head, cache, splits, TrainConfig(epochs=20), out_dir="runs/glot")
+
+Model selection: the dev split's main metric after every epoch; the best epoch's weights are kept (early stopping
+after ``patience`` epochs without improvement) and the test split is evaluated **once**, with those weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from glotpool.cache import TokenCache
+from glotpool.data import TextDataset, encode_labels
+from glotpool.io_utils import atomic_dir, atomic_write_json, atomic_write_text
+from glotpool.metrics import METRIC_HIGHER_IS_BETTER, compute_metrics
+from glotpool.poolers import Pooler
+from glotpool.tasks import TaskHead
+
+DEFAULT_METRIC = {"single": "accuracy", "pair": "accuracy", "sts": "spearman", "retrieval": "mrr@10"}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 5  # epochs without dev improvement before stopping; 0 = never stop early
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    seed: int = 0
+    class_weights: bool = False  # inverse-frequency loss weights (classification)
+    eval_batch_size: int = 128
+    metric: str | None = None  # dev metric for model selection; default by task type
+    device: str = "cpu"
+    show_progress: bool = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data: text splits -> cache indices + targets
+
+
+@dataclass
+class CachedSplit:
+    idx1: np.ndarray  # [N] cache index of the first text
+    idx2: np.ndarray | None  # [N] cache index of the second text (pair tasks)
+    targets: np.ndarray | None  # class ids [N] (int64), scores [N] (float32), or None (retrieval)
+
+    def __len__(self) -> int:
+        return len(self.idx1)
+
+
+@dataclass
+class CachedSplits:
+    task_type: str
+    splits: dict[str, CachedSplit]
+    label_names: list[str] | None = None
+    score_range: tuple[float, float] | None = None
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names or [])
+
+    def __getitem__(self, name: str) -> CachedSplit:
+        return self.splits[name]
+
+
+def prepare_splits(cache: TokenCache, datasets: dict[str, TextDataset], task_type: str,
+                   label_names: Sequence[str] | None = None,
+                   score_range: tuple[float, float] | None = None) -> CachedSplits:
+    """Map every split's texts to cache rows and encode its targets.
+
+    Classification labels are encoded with the train split's classes (or ``label_names``); a dev/test label train
+    never saw is an error. STS scores are rescaled from ``score_range`` (default: train's min/max) to [0, 1].
+    """
+    if task_type not in DEFAULT_METRIC:
+        raise ValueError(f"unknown task type {task_type!r}; valid: {', '.join(DEFAULT_METRIC)}")
+    if "train" not in datasets:
+        raise ValueError(f"a 'train' split is required; got splits {sorted(datasets)}")
+    for name, ds in datasets.items():
+        if len(ds) == 0:
+            raise ValueError(f"the {name!r} split is empty")
+    pair = task_type in ("pair", "sts", "retrieval")
+    for name, ds in datasets.items():
+        if pair and ds.texts2 is None:
+            raise ValueError(f"task type {task_type!r} needs two texts per example, but the {name!r} split has "
+                             "one; give the second text column (text_col_2)")
+        if task_type != "retrieval" and ds.labels is None:
+            raise ValueError(f"the {name!r} split has no labels/scores; give label_col (or score_col for sts)")
+    names = list(datasets)
+    targets: list[np.ndarray | None] = [None] * len(names)
+    if task_type in ("single", "pair"):
+        label_names, arrays = encode_labels(datasets["train"].labels,
+                                            *[datasets[n].labels for n in names if n != "train"],
+                                            names=label_names, split_names=[n for n in names if n != "train"])
+        rest = iter(arrays[1:])
+        targets = [arrays[0] if n == "train" else next(rest) for n in names]
+    elif task_type == "sts":
+        raw = [np.asarray(datasets[n].labels, dtype=np.float32) for n in names]
+        lo, hi = score_range or (float(raw[names.index("train")].min()), float(raw[names.index("train")].max()))
+        if hi <= lo:
+            raise ValueError(f"sts scores need a non-empty range, got [{lo}, {hi}]")
+        score_range = (lo, hi)
+        targets = [np.clip((r - lo) / (hi - lo), 0.0, 1.0).astype(np.float32) for r in raw]
+    splits = {}
+    for n, t in zip(names, targets):
+        ds = datasets[n]
+        idx1 = np.asarray(cache.lookup(ds.texts), dtype=np.int64)
+        idx2 = np.asarray(cache.lookup(ds.texts2), dtype=np.int64) if pair else None
+        splits[n] = CachedSplit(idx1, idx2, t)
+    return CachedSplits(task_type, splits, list(label_names) if label_names else None, score_range)
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                            bucket_batches: int = 20) -> list[np.ndarray]:
+    """Shuffled batches of positions ``0..N-1`` whose members have similar lengths (less padding to compute).
+
+    Shuffle, cut into chunks of ``bucket_batches`` batches, sort each chunk by length, cut into batches, shuffle
+    the batch order: random enough for SGD, and padding waste falls several-fold on mixed-length data.
+    """
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * bucket_batches
+    batches = []
+    for s in range(0, len(order), chunk):
+        part = order[s:s + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model = pooler + head
+
+
+class PoolerWithHead(nn.Module):
+    def __init__(self, pooler: Pooler, head: TaskHead):
+        super().__init__()
+        self.pooler, self.head = pooler, head
+
+    def embed(self, cache: TokenCache, idx: np.ndarray, device) -> Tensor:
+        h, mask = cache.batch(idx)
+        return self.pooler(h.to(device), mask.to(device))
+
+    def forward(self, cache: TokenCache, split: CachedSplit, rows: np.ndarray, device) -> Tensor:
+        z1 = self.embed(cache, split.idx1[rows], device)
+        z2 = self.embed(cache, split.idx2[rows], device) if split.idx2 is not None else None
+        return self.head(z1, z2)
+
+
+@torch.inference_mode()
+def evaluate(model: PoolerWithHead, cache: TokenCache, split: CachedSplit, task_type: str,
+             batch_size: int = 128, device="cpu", num_labels: int | None = None) -> dict[str, float]:
+    """All metrics of ``task_type`` on one split (the model in eval mode, no gradient)."""
+    model.eval()
+    order = np.argsort(cache.lengths[split.idx1], kind="stable")  # length-sorted: less padding
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if task_type == "retrieval":
+        q = torch.cat([model.embed(cache, split.idx1[b], device) for b in batches])
+        d = torch.cat([model.embed(cache, split.idx2[b], device) for b in batches])
+        sims = (torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(d, dim=-1).T).cpu()
+        return compute_metrics("retrieval", sims.numpy(), [{i} for i in range(len(order))])
+    outs = torch.cat([model.head.predictions(model(cache, split, b, device)).float().cpu() for b in batches])
+    golds = split.targets[np.concatenate(batches)]
+    return compute_metrics(task_type, outs.numpy(), golds, num_labels=num_labels)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training loop
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    dev: dict[str, float]
+    test: dict[str, float] | None
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    seconds_per_epoch: float = 0.0
+    trainable_parameters: int = 0
+    metric: str = ""
+
+
+def _is_better(value: float, best: float | None, higher: bool) -> bool:
+    if value is None or math.isnan(value):
+        return False
+    return best is None or (value > best if higher else value < best)
+
+
+def train_pooler(pooler: Pooler, head: TaskHead, cache: TokenCache, data: CachedSplits, cfg: TrainConfig,
+                 out_dir: str | Path | None = None) -> TrainResult:
+    """AdamW on pooler + head over the cache; returns dev/test metrics of the best-dev-epoch weights.
+
+    With ``out_dir``: writes ``best/`` (pooler + head, atomically), ``results.json`` and ``results.md``.
+    """
+    if "dev" not in data.splits:
+        raise ValueError("training needs a 'dev' split for model selection (carve one from train)")
+    task_type = data.task_type
+    metric = cfg.metric or DEFAULT_METRIC[task_type]
+    if metric not in METRIC_HIGHER_IS_BETTER:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRIC_HIGHER_IS_BETTER)}")
+    higher = METRIC_HIGHER_IS_BETTER[metric]
+    device = torch.device(cfg.device)
+    seed_everything(cfg.seed)
+    if cfg.class_weights and task_type in ("single", "pair") and head.class_weights is None:
+        counts = np.bincount(data["train"].targets, minlength=data.num_labels).astype(np.float64)
+        weights = len(data["train"]) / (data.num_labels * np.maximum(counts, 1))
+        head.class_weights = torch.tensor(weights, dtype=torch.float32)
+        head.config.class_weights = weights.tolist()  # saved with the head
+    model = PoolerWithHead(pooler, head).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
+    train = data["train"]
+    rng = np.random.default_rng(cfg.seed)
+    lengths = cache.lengths[train.idx1]
+    best, best_state, best_epoch, bad_epochs, history = None, None, 0, 0, []
+    t0 = time.perf_counter()
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {pooler.name}", unit="epoch", disable=not cfg.show_progress,
+               leave=False)
+    for epoch in bar:
+        model.train()
+        te = time.perf_counter()
+        losses = []
+        if optimizer is not None:
+            for rows in length_bucketed_batches(lengths, cfg.batch_size, rng):
+                if task_type == "retrieval" and len(rows) < 2:
+                    continue  # in-batch negatives need a second example
+                out = model(cache, train, rows, device)
+                target = torch.from_numpy(train.targets[rows]).to(device) if train.targets is not None else None
+                loss = head.loss(out, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                losses.append(loss.item())
+        epoch_seconds = time.perf_counter() - te
+        dev = evaluate(model, cache, data["dev"], task_type, cfg.eval_batch_size, device, data.num_labels or None)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                        "seconds": epoch_seconds, **{f"dev_{k}": v for k, v in dev.items()}})
+        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", **{f"dev_{metric}": f"{dev[metric]:.4f}"})
+        if _is_better(dev[metric], best, higher) or best_state is None:
+            best, best_epoch, bad_epochs = dev[metric], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+            if cfg.patience and bad_epochs >= cfg.patience:
+                break
+        if optimizer is None:
+            break  # nothing to train: one evaluation is the result
+    train_seconds = time.perf_counter() - t0
+    model.load_state_dict(best_state)
+    dev_best = evaluate(model, cache, data["dev"], task_type, cfg.eval_batch_size, device, data.num_labels or None)
+    test = (evaluate(model, cache, data["test"], task_type, cfg.eval_batch_size, device, data.num_labels or None)
+            if "test" in data.splits else None)
+    result = TrainResult(best_epoch=best_epoch, dev=dev_best, test=test, history=history,
+                         train_seconds=train_seconds,
+                         seconds_per_epoch=float(np.mean([h["seconds"] for h in history])),
+                         trainable_parameters=n_params, metric=metric)
+    if out_dir is not None:
+        save_run(out_dir, model, result, cfg, data, cache)
+    return result
+
+
+def environment() -> dict:
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
+def save_run(out_dir: str | Path, model: PoolerWithHead, result: TrainResult, cfg: TrainConfig,
+             data: CachedSplits, cache: TokenCache) -> None:
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir / "best") as tmp:
+        model.pooler.save_pretrained(tmp / "pooler")
+        model.head.save_pretrained(tmp / "head")
+        atomic_write_json(tmp / "labels.json", {"task_type": data.task_type, "label_names": data.label_names,
+                                               "score_range": data.score_range})
+    record = {"pooler": model.pooler.name, "pooler_config": asdict(model.pooler.config),
+              "head": model.head.task_type, "head_config": asdict(model.head.config), "train_config": asdict(cfg),
+              "result": asdict(result), "cache": {"path": str(cache.path), "key": cache.key,
+                                                  "backbone": cache.meta.get("backbone")},
+              "sizes": {k: len(v) for k, v in data.splits.items()}, "environment": environment()}
+    atomic_write_json(out_dir / "results.json", record)
+    atomic_write_text(out_dir / "results.md", format_result_table(model.pooler.name, result))
+
+
+def format_result_table(name: str, result: TrainResult) -> str:
+    keys = list(result.dev)
+    lines = [f"# {name}: best epoch {result.best_epoch}, {result.trainable_parameters:,} trainable parameters, "
+             f"{result.seconds_per_epoch:.2f} s/epoch", "", "| split | " + " | ".join(keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for split, m in (("dev", result.dev), ("test", result.test)):
+        if m:
+            lines.append(f"| {split} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
