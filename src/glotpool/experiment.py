@@ -1,0 +1,145 @@
+"""One training run = (pooler spec, seed, budget) on a cache; the unit that `compare`, `stress` and `sweep` repeat.
+
+Runs are resumable at run granularity: each finished run writes ``run.json`` (atomically) and a rerun with the same
+settings loads it instead of training again, so an interrupted sweep continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from glotpool.cache import TokenCache
+from glotpool.io_utils import atomic_write_json
+from glotpool.train import CachedSplits, TrainConfig, TrainResult, seed_everything, train_pooler
+
+
+def _parse_value(v: str):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+@dataclass(frozen=True)
+class PoolerSpec:
+    """A pooler to run: registry ``name``, constructor ``options`` and a display ``label``.
+
+    Text form (CLI): ``NAME`` or ``NAME:key=value,key=value`` or ``LABEL=NAME:key=value``, e.g.
+    ``glot``, ``glot:conv=gcn,tau=0.4``, ``glot-knn=glot:graph=knn,k=8``.
+    """
+
+    name: str
+    options: tuple = ()
+    label: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "PoolerSpec":
+        text = text.strip()
+        label = ""
+        head = text.split(":", 1)[0]
+        if "=" in head:
+            label, text = text.split("=", 1)
+        name, _, rest = text.partition(":")
+        opts = []
+        for item in filter(None, rest.split(",")):
+            if "=" not in item:
+                raise ValueError(f"bad pooler option {item!r} in {text!r}; write key=value, e.g. glot:tau=0.4")
+            k, v = item.split("=", 1)
+            opts.append((k.strip(), _parse_value(v.strip())))
+        return cls(name.strip(), tuple(opts), label.strip() or (text.strip() if opts else name.strip()))
+
+    @classmethod
+    def of(cls, name: str, label: str = "", **options) -> "PoolerSpec":
+        return cls(name, tuple(sorted(options.items())), label or name)
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.options)
+
+    def with_options(self, **options) -> "PoolerSpec":
+        merged = {**dict(options), **self.kwargs}  # the spec's own options win over defaults
+        return replace(self, options=tuple(sorted(merged.items())))
+
+
+@dataclass
+class RunRecord:
+    label: str
+    pooler: str
+    options: dict
+    seed: int
+    train_config: dict
+    metric: str
+    dev: dict
+    test: dict | None
+    best_epoch: int
+    seconds_per_epoch: float
+    train_seconds: float
+    trainable_parameters: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def test_score(self) -> float:
+        return float((self.test or {}).get(self.metric, math.nan))
+
+
+def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainConfig, *, seed: int,
+            run_dir: str | Path | None = None, head_options: dict | None = None, save_model: bool = False,
+            extra: dict | None = None) -> RunRecord:
+    """Train ``spec`` with ``seed`` (pooler init, batch order) and return its record; reuse ``run_dir/run.json``.
+
+    ``save_model=True`` also keeps the best weights in ``run_dir/best/`` (``pooler/``, ``head/``).
+    """
+    from glotpool.poolers import build_pooler
+    from glotpool.tasks import build_head
+
+    cfg = replace(cfg, seed=seed)
+    settings = {"label": spec.label, "pooler": spec.name, "options": spec.kwargs, "seed": seed,
+                "train_config": {k: v for k, v in asdict(cfg).items() if k != "show_progress"},
+                "cache_key": cache.key, "head_options": head_options or {}}
+    if run_dir is not None:
+        done = Path(run_dir) / "run.json"
+        if done.is_file():
+            saved = json.loads(done.read_text())
+            if saved.get("settings") == json.loads(json.dumps(settings)):
+                return RunRecord(**saved["record"])
+    seed_everything(seed)
+    pooler = build_pooler(spec.name, in_dim=cache.dim, **spec.kwargs)
+    head_opts = dict(head_options or {})
+    if data.task_type in ("single", "pair"):
+        head_opts.setdefault("num_labels", data.num_labels)
+    head = build_head(data.task_type, pooler.out_dim, **head_opts)
+    result: TrainResult = train_pooler(pooler, head, cache, data, cfg,
+                                       out_dir=run_dir if (save_model and run_dir is not None) else None)
+    rec = RunRecord(label=spec.label, pooler=spec.name, options=spec.kwargs, seed=seed,
+                    train_config=settings["train_config"], metric=result.metric, dev=result.dev, test=result.test,
+                    best_epoch=result.best_epoch, seconds_per_epoch=result.seconds_per_epoch,
+                    train_seconds=result.train_seconds, trainable_parameters=result.trainable_parameters,
+                    extra=dict(extra or {}))
+    if run_dir is not None:
+        atomic_write_json(Path(run_dir) / "run.json", {"settings": settings, "record": asdict(rec)})
+    return rec
+
+
+def mean_std(values) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def fmt_mean_std(values, scale: float = 100.0, digits: int = 1) -> str:
+    m, s = mean_std(values)
+    if math.isnan(m):
+        return "n/a"
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"

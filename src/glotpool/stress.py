@@ -1,0 +1,284 @@
+"""The diagnostic stress test: ratios × poolers × seeds × budgets on cached states of a frozen backbone.
+
+    result = run_stress(StressSettings(backbone="minilm"), out_dir="runs/stress")
+
+For each distractor ratio: generate the seeded data (:mod:`glotpool.stressgen`, needle never truncated), carve a dev
+split from train by twin pair (no twin on both sides), cache the backbone states once, then train every pooler with
+every seed under each budget:
+
+* ``paper``     — the published script's budget: 3 epochs, lr 1e-4, batch 32 (dev-selected epoch);
+* ``converged`` — early stopping on dev (patience 5, up to 50 epochs), lr picked on dev from ``lr_grid`` with the
+  first seed and reused for the others.
+
+The eval split is touched once per run, with the dev-selected weights. Every run is resumable (``run.json``).
+Outputs in ``out_dir``: ``results.json``, ``results.md``, ``accuracy_vs_ratio_<budget>.png``, ``token_weights.png``
+and the generated data (``data/ratio-*.jsonl``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from glotpool.cache import build_cache
+from glotpool.data import TextDataset
+from glotpool.experiment import PoolerSpec, RunRecord, fmt_mean_std, mean_std, run_one
+from glotpool.io_utils import atomic_write_json, atomic_write_text
+from glotpool.stressgen import StressConfig, make_stress_data, save_stress_data, token_counter
+from glotpool.train import TrainConfig, prepare_splits
+
+BUDGETS = {
+    "paper": TrainConfig(epochs=3, lr=1e-4, batch_size=32, patience=0),
+    "converged": TrainConfig(epochs=50, lr=1e-3, batch_size=32, patience=5),
+}
+DEFAULT_POOLERS = ("mean", "max", "cls", "adapool", "glot")
+# GLOT for the stress test: the published stress script's small GNN (hidden 64) with the paper's K=2 and tau=0.6.
+STRESS_GLOT = {"hidden_dim": 64, "num_layers": 2, "tau": 0.6}
+
+
+@dataclass
+class StressSettings:
+    backbone: str = "minilm"
+    ratios: tuple[float, ...] = (0.2, 0.5, 0.8, 0.9)
+    poolers: tuple[str, ...] = DEFAULT_POOLERS  # PoolerSpec text; "cls" becomes "last" on decoders
+    seeds: tuple[int, ...] = (0, 1, 2)
+    budgets: tuple[str, ...] = ("paper", "converged")
+    length: int = 128
+    n_train: int = 2000  # dev is carved from these
+    n_eval: int = 500
+    dev_fraction: float = 0.2
+    data_seed: int = 0
+    negation_in_noise: bool = False
+    max_length: int = 256
+    cache_batch_size: int = 32
+    lr_grid: tuple[float, ...] = (1e-3,)  # converged budget: learning rates tried with the first seed
+    glot_defaults: dict = field(default_factory=lambda: dict(STRESS_GLOT))
+    weight_figure_sentences: int = 3
+    show_progress: bool = True
+
+
+def _specs(settings: StressSettings, is_decoder: bool) -> list[PoolerSpec]:
+    specs = []
+    for text in settings.poolers:
+        spec = PoolerSpec.parse(text)
+        if spec.name == "cls" and is_decoder:
+            spec = PoolerSpec("last", spec.options, "last")
+        if spec.name == "glot":
+            spec = spec.with_options(**settings.glot_defaults)
+        specs.append(spec)
+    return specs
+
+
+def split_by_pair(examples, dev_fraction: float, seed: int):
+    """Train/dev split that keeps both twins of a pair on the same side (twins differ in one word only)."""
+    pairs = sorted({e.pair_id for e in examples})
+    rng = np.random.default_rng(seed)
+    n_dev = int(round(len(pairs) * dev_fraction))
+    dev_pairs = set(rng.permutation(pairs)[:n_dev].tolist())
+    train = [e for e in examples if e.pair_id not in dev_pairs]
+    dev = [e for e in examples if e.pair_id in dev_pairs]
+    return train, dev
+
+
+def _dataset(examples) -> TextDataset:
+    return TextDataset(texts=[e.text for e in examples], labels=[int(e.label) for e in examples])
+
+
+def _graph_stats(spec: PoolerSpec, cache, idx: np.ndarray, batch_size: int = 64) -> dict:
+    """Mean neighbours per real token and mean density of this spec's graph over the given cache rows."""
+    from glotpool.graph import edges_per_token, graph_density
+    from glotpool.poolers import build_pooler, check_inputs
+
+    pool = build_pooler(spec.name, in_dim=cache.dim, **spec.kwargs)
+    edges, dens = [], []
+    with torch.inference_mode():
+        for s in range(0, len(idx), batch_size):
+            h, m = cache.batch(idx[s:s + batch_size])
+            h, m = check_inputs(h, m, cache.dim)
+            adj = pool.build_graph(h, m)
+            edges.append(edges_per_token(adj, m))
+            dens.append(graph_density(adj, m))
+    return {"edges_per_token": float(torch.cat(edges).mean()), "density": float(torch.cat(dens).mean())}
+
+
+def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> dict:
+    """Run the whole grid (resumable) and write results, table and figures to ``out_dir``."""
+    from glotpool.backbone import load_backbone
+
+    out_dir = Path(out_dir)
+    unknown = [b for b in settings.budgets if b not in BUDGETS]
+    if unknown:
+        raise ValueError(f"unknown budget(s) {unknown}; valid: {', '.join(BUDGETS)}")
+    if not settings.seeds:
+        raise ValueError("give at least one seed")
+    t_start = time.perf_counter()
+    backbone = backbone or load_backbone(settings.backbone, max_length=settings.max_length)
+    specs = _specs(settings, backbone.is_decoder)
+    count = token_counter(backbone.tokenizer)
+    records: list[dict] = []
+    graph_stats: dict = {}
+    cache_seconds: dict = {}
+    weight_examples = None
+    n_runs = len(settings.ratios) * len(specs) * len(settings.budgets) * len(settings.seeds)
+    bar = tqdm(total=n_runs, desc=f"stress {settings.backbone}", unit="run", disable=not settings.show_progress)
+    for ratio in settings.ratios:
+        cfg = StressConfig(ratio=ratio, length=settings.length, n_train=settings.n_train, n_eval=settings.n_eval,
+                           seed=settings.data_seed, negation_in_noise=settings.negation_in_noise)
+        data = make_stress_data(cfg, count_tokens=count, max_tokens=settings.max_length)
+        save_stress_data(data, out_dir / "data" / f"ratio-{ratio:g}.jsonl")
+        train_ex, dev_ex = split_by_pair(data["train"], settings.dev_fraction, settings.data_seed)
+        texts = list(dict.fromkeys(e.text for e in data["train"] + data["eval"]))
+        bar.set_postfix_str(f"caching ratio {ratio:g}")
+        t0 = time.perf_counter()
+        cache = build_cache(backbone, texts, out_dir / "cache" / f"{backbone_tag(backbone)}-ratio-{ratio:g}",
+                            batch_size=settings.cache_batch_size, show_progress=settings.show_progress)
+        cache_seconds[f"{ratio:g}"] = time.perf_counter() - t0
+        splits = prepare_splits(cache, {"train": _dataset(train_ex), "dev": _dataset(dev_ex),
+                                        "test": _dataset(data["eval"])}, "single")
+        for spec in specs:
+            if spec.name == "glot":
+                graph_stats[(ratio, spec.label)] = _graph_stats(spec, cache, splits["test"].idx1)
+        for budget in settings.budgets:
+            base = replace(BUDGETS[budget], show_progress=False)
+            for spec in specs:
+                run_root = out_dir / "runs" / f"ratio-{ratio:g}" / budget / spec.label
+                grid = settings.lr_grid if budget == "converged" else (base.lr,)
+                lr = grid[0]
+                for si, seed in enumerate(settings.seeds):
+                    bar.set_postfix_str(f"r={ratio:g} {budget} {spec.label} seed {seed}")
+                    keep = (budget == settings.budgets[-1] and si == 0 and ratio == max(settings.ratios)
+                            and spec.name in ("glot", "adapool"))
+
+                    def run(lr_):
+                        return run_one(spec, cache, splits, replace(base, lr=lr_), seed=seed,
+                                       run_dir=run_root / f"lr-{lr_:g}" / f"seed-{seed}", save_model=keep)
+
+                    if si == 0 and len(grid) > 1:  # pick the learning rate on dev with the first seed
+                        tried = [run(g) for g in grid]
+                        best = max(range(len(grid)), key=lambda i: tried[i].dev.get("accuracy", -1.0))
+                        lr, rec = grid[best], tried[best]
+                    else:
+                        rec = run(lr)
+                    run_dir = run_root / f"lr-{lr:g}" / f"seed-{seed}"
+                    row = {"ratio": ratio, "budget": budget, **asdict(rec), "run_dir": str(run_dir)}
+                    if (ratio, spec.label) in graph_stats:
+                        row["graph"] = graph_stats[(ratio, spec.label)]
+                    records.append(row)
+                    if keep:
+                        weight_examples = (cache, data["eval"], splits)
+                    bar.update(1)
+    bar.close()
+    summary = summarize(records, settings)
+    result = {"settings": asdict(settings), "backbone": backbone.fingerprint(), "records": records,
+              "summary": summary, "cache_seconds": cache_seconds,
+              "graph": [{"ratio": r, "pooler": l, **v} for (r, l), v in graph_stats.items()],
+              "total_seconds": time.perf_counter() - t_start}
+    atomic_write_json(out_dir / "results.json", result)
+    table = format_table(summary, settings, result["graph"])
+    atomic_write_text(out_dir / "results.md", table)
+    from glotpool.report import plot_accuracy_vs_ratio, plot_token_weights
+
+    for budget in settings.budgets:
+        plot_accuracy_vs_ratio(summary, budget, out_dir / f"accuracy_vs_ratio_{budget}.png",
+                               title=f"Stress test, {settings.backbone}, budget '{budget}'")
+    if weight_examples is not None:
+        _token_weight_figure(out_dir, records, backbone, weight_examples, settings)
+    return result
+
+
+def backbone_tag(backbone) -> str:
+    return f"{Path(str(backbone.config.name_or_path)).name}-L{backbone.config.layer}-{backbone.config.max_length}"
+
+
+def summarize(records: list[dict], settings: StressSettings) -> dict:
+    """``{budget: {pooler label: {ratio: {"mean", "std", "n", "edges_per_token"}}}}`` of eval accuracy."""
+    out: dict = {}
+    for r in records:
+        cell = out.setdefault(r["budget"], {}).setdefault(r["label"], {}).setdefault(f"{r['ratio']:g}", {"acc": []})
+        cell["acc"].append((r["test"] or {}).get("accuracy", math.nan))
+        if "graph" in r:
+            cell["edges_per_token"] = r["graph"]["edges_per_token"]
+    for budget in out.values():
+        for pooler in budget.values():
+            for cell in pooler.values():
+                m, s = mean_std(cell["acc"])
+                cell.update(mean=m, std=s, n=len(cell["acc"]))
+    return out
+
+
+def format_table(summary: dict, settings: StressSettings, graph: list[dict]) -> str:
+    ratios = [f"{r:g}" for r in settings.ratios]
+    lines = [f"# Stress test — {settings.backbone}", "",
+             f"Eval accuracy (%), mean ± std over seeds {list(settings.seeds)}; {settings.n_train} train "
+             f"({settings.dev_fraction:.0%} of it carved out as dev, split by twin pair) / {settings.n_eval} eval, "
+             f"L={settings.length} words, negation words in noise: {settings.negation_in_noise}.", ""]
+    for budget, poolers in summary.items():
+        lines += [f"## budget `{budget}`", "", "| pooler | " + " | ".join(f"r={r}" for r in ratios) + " |",
+                  "|---|" + "---|" * len(ratios)]
+        best = {r: max((p.get(r, {}).get("mean", -1) for p in poolers.values()), default=-1) for r in ratios}
+        for label, cells in poolers.items():
+            row = []
+            for r in ratios:
+                c = cells.get(r)
+                if c is None:
+                    row.append("")
+                    continue
+                text = fmt_mean_std(c["acc"])
+                row.append(f"**{text}**" if c["mean"] == best[r] else text)
+            lines.append(f"| {label} | " + " | ".join(row) + " |")
+        lines.append("")
+    if graph:
+        lines += ["## token graphs (eval split)", "", "| pooler | ratio | edges per token | density |",
+                  "|---|---|---|---|"]
+        lines += [f"| {g['pooler']} | {g['ratio']:g} | {g['edges_per_token']:.1f} | {g['density']:.3f} |"
+                  for g in graph]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _token_weight_figure(out_dir: Path, records, backbone, weight_examples, settings: StressSettings) -> None:
+    from glotpool.poolers import load_pooler
+    from glotpool.report import plot_token_weights
+
+    cache, eval_examples, splits = weight_examples
+    kept = [r for r in records if r["ratio"] == max(settings.ratios) and r["budget"] == settings.budgets[-1]
+            and r["seed"] == settings.seeds[0] and r["pooler"] in ("glot", "adapool")]
+    poolers = {}
+    for r in kept:
+        path = Path(r["run_dir"]) / "best" / "pooler"
+        if path.is_dir() and r["label"] not in poolers:
+            poolers[r["label"]] = load_pooler(path).eval()
+    if not poolers:
+        return
+    # one affirmative and one negated example first, then more
+    chosen = [next(i for i, e in enumerate(eval_examples) if e.label == 1),
+              next(i for i, e in enumerate(eval_examples) if e.label == 0)]
+    chosen += [i for i in range(len(eval_examples)) if i not in chosen][: max(0, settings.weight_figure_sentences - 2)]
+    items = []
+    for i in chosen:
+        ex = eval_examples[i]
+        row = splits["test"].idx1[i]
+        h, m = cache.batch([row])
+        enc = backbone.tokenizer(ex.text, truncation=True, max_length=backbone.config.max_length,
+                                 return_offsets_mapping=True)
+        tokens = backbone.tokenizer.convert_ids_to_tokens(enc["input_ids"])
+        words = ex.text.split(" ")
+        c0 = len(" ".join(words[:ex.needle_start])) + (1 if ex.needle_start else 0)
+        c1 = len(" ".join(words[:ex.needle_end]))
+        needle = [bool(e > s and s >= c0 and e <= c1) for s, e in enc["offset_mapping"]]
+        weights = {}
+        with torch.inference_mode():
+            for label, pool in poolers.items():
+                weights[label] = pool(h, m, return_weights=True)[1][0].numpy()
+        if len(tokens) != h.shape[1]:  # tokenizer and cache disagree: skip rather than mislabel
+            continue
+        items.append({"tokens": tokens, "needle": needle, "weights": weights, "label": ex.label})
+    if items:
+        plot_token_weights(items, out_dir / "token_weights.png",
+                           title=f"Learned token weights π at r={max(settings.ratios):g} ({settings.backbone}); "
+                                 "needle tokens shaded, top-3 marked")
