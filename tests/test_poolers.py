@@ -15,7 +15,9 @@ from glotpool.reference import PerSentenceGLOT, threshold_edge_index
 
 D = 24
 ALL = sorted(POOLERS)
-LEARNED = ["adapool", "glot"]
+LEARNED = ["adapool", "glot", "latent_attention", "pma", "mlp_attention"]
+# every pooler except the position-dependent ones (cls, last, weighted_mean)
+PERMUTATION_INVARIANT = ["mean", "max", "adapool", "glot", "latent_attention", "pma", "mlp_attention"]
 
 
 def make_batch(lengths, L=None, D=D, seed=0, left_pad=False):
@@ -100,7 +102,7 @@ def test_centering_changes_anisotropic_graph():
 
 
 @settings(max_examples=25, deadline=None)
-@given(name=st.sampled_from(["mean", "max", "adapool", "glot"]), n=st.integers(1, 10), seed=st.integers(0, 1000))
+@given(name=st.sampled_from(PERMUTATION_INVARIANT), n=st.integers(1, 10), seed=st.integers(0, 1000))
 def test_permuting_real_tokens_leaves_z_unchanged(name, n, seed):
     pool = make(name, conv="gat", tau=0.2) if name == "glot" else make(name)
     h, mask = make_batch([n], L=n + 2, seed=seed)
@@ -151,9 +153,8 @@ def test_weights_sum_to_one_over_real_tokens_and_zero_on_padding(name, lengths, 
     z, w = pool(h.double(), mask, return_weights=True)
     torch.testing.assert_close(w.sum(1), torch.ones(len(lengths), dtype=w.dtype))
     assert torch.all(w[mask == 0] == 0) and torch.all(w >= 0)
-    if name in ("mean", "adapool", "glot", "cls", "last"):  # z is the π-weighted sum of (GNN-refined) tokens
-        if name != "glot":
-            torch.testing.assert_close(z, torch.einsum("bl,bld->bd", w, h.double()))
+    if name in ("mean", "adapool", "cls", "last", "weighted_mean"):  # z is the w-weighted sum of the raw tokens
+        torch.testing.assert_close(z, torch.einsum("bl,bld->bd", w, h.double()))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,11 +195,13 @@ def test_gradients_reach_every_parameter(conv):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_adapool_gradients():
-    pool = make("adapool").float()
+@pytest.mark.parametrize("name", [n for n in LEARNED if n != "glot"])
+def test_learned_baseline_gradients(name):
+    pool = make(name).float()
     h, mask = make_batch([5, 3], seed=1)
     pool(h, mask).pow(2).sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pool.parameters())
+    for pname, p in pool.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
 
 
 def test_deterministic_under_seed():
@@ -238,7 +241,7 @@ def test_length_one_sentence_works():
     (torch.randn(2, 3, D), torch.tensor([[1, 2, 0], [1, 0, 0]]), "only 0"),
     (torch.randint(0, 3, (2, 3, D)), None, "floating"),
 ])
-@pytest.mark.parametrize("name", ["mean", "glot"])
+@pytest.mark.parametrize("name", ["mean", "glot", "latent_attention", "pma", "weighted_mean", "mlp_attention"])
 def test_bad_input_raises_specific_value_error(name, h, mask, match):
     with pytest.raises(ValueError, match=match):
         build_pooler(name, in_dim=D)(h, mask)

@@ -297,10 +297,11 @@ class GLOTConfig(PoolerConfig):
     hidden_dim: int = 256  # F: width of every GNN layer
     num_layers: int = 2  # K
     conv: str = "gat"  # gat | gcn | gin | gatv2
-    graph: str = "threshold"  # threshold | knn
+    graph: str = "threshold"  # threshold | knn | soft
     tau: float = 0.6  # cosine threshold of the threshold rule
     k: int = 8  # neighbours of the knn rule
     center: bool = False  # subtract the sentence mean before the cosine (anisotropic decoder states)
+    temperature: float = 0.1  # softmax temperature of the soft rule (gcn/gin only)
     jk: str = "cat"  # jumping knowledge: cat | max | mean | last
     dropout: float = 0.0
     readout_hidden: int | None = None  # default max(128, out_dim // 2)
@@ -328,6 +329,14 @@ class GLOTPooling(Pooler):
             raise ValueError(f"unknown jk mode {c.jk!r}; valid modes: {', '.join(JK_MODES)}")
         if c.graph == "knn" and c.k < 1:
             raise ValueError(f"graph='knn' needs k >= 1, got k={c.k}")
+        if c.graph == "soft":
+            if not c.temperature > 0:
+                raise ValueError(f"graph='soft' needs temperature > 0, got temperature={c.temperature}")
+            if c.conv in ("gat", "gatv2"):
+                # GAT's attention only reads A as a 0/1 mask: soft weights would silently become a complete graph
+                raise ValueError(f"graph='soft' gives weighted edges, which conv={c.conv!r} cannot use (GAT "
+                                 "attention treats the adjacency as a 0/1 mask); use conv='gcn' or conv='gin', "
+                                 "or a 0/1 rule (graph='threshold' or 'knn') with GAT")
         self.gnn = TokenGNN(in_dim, c.hidden_dim, c.num_layers, c.conv, c.jk, c.dropout)
         self.readout = AttentionReadout(self.gnn.out_dim, c.readout_hidden)
 
@@ -342,7 +351,7 @@ class GLOTPooling(Pooler):
     def build_graph(self, h: Tensor, mask: Tensor) -> Tensor:
         """The token graph ``A [B, L, L]`` this pooler uses for a (validated) batch."""
         c = self.config
-        return build_graph(h, mask, c.graph, tau=c.tau, k=c.k, center=c.center)
+        return build_graph(h, mask, c.graph, tau=c.tau, k=c.k, center=c.center, temperature=c.temperature)
 
     @torch.no_grad()
     def edges_per_token(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -374,3 +383,13 @@ def load_pooler(path: str | os.PathLike, map_location: str | torch.device = "cpu
 
 def available_poolers() -> list[str]:
     return sorted(POOLERS)
+
+
+def count_parameters(pooler: Pooler) -> int:
+    """Number of trainable parameters of a pooler (0 for the parameter-free baselines)."""
+    return pooler.num_trainable_parameters()
+
+
+# The attention baselines live in their own module; importing it here registers them whenever the registry is
+# used (build_pooler / load_pooler). At the bottom, so that module finds every name above already defined.
+from glotpool import attention_poolers as _attention_poolers  # noqa: E402, F401

@@ -1,0 +1,268 @@
+"""Stronger baseline poolers and a graph-free GLOT ablation.
+
+``latent_attention``  NV-Embed's latent attention pooling (Lee et al., 2024): tokens query a trained latent array.
+``pma``               Set Transformer's Pooling by Multihead Attention (Lee et al., ICML 2019): seeds query tokens.
+``weighted_mean``     SGPT's position-weighted mean for decoders (Muennighoff, 2022).
+``mlp_attention``     GLOT with the GNN replaced by a per-token MLP of the same shape ("no graph" ablation).
+
+All follow :class:`glotpool.poolers.Pooler`: ``_pool(h [B, L, D], mask [B, L]) -> (z [B, out_dim], w [B, L])``
+with padding rows of ``h`` already zeroed by ``check_inputs``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glotpool.gnn import JK_MODES
+from glotpool.poolers import Pooler, PoolerConfig, register_pooler
+from glotpool.readout import AttentionReadout, masked_softmax
+
+
+def _mean_weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    w = mask.to(dtype)
+    return w / w.sum(1, keepdim=True)
+
+
+def _check_heads(dim: int, num_heads: int, name: str) -> None:
+    if num_heads < 1 or dim % num_heads:
+        raise ValueError(f"{name}: num_heads={num_heads} must be >= 1 and divide in_dim={dim}; pick a divisor "
+                         f"of {dim}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NV-Embed latent attention
+
+
+@dataclass
+class LatentAttentionConfig(PoolerConfig):
+    num_latents: int = 512  # r: rows of the trained latent array (keys = values)
+    num_heads: int = 8
+    mlp_hidden: int | None = None  # default 4 * in_dim (NV-Embed's FeedForward mult=4)
+
+
+@register_pooler("latent_attention")
+class LatentAttentionPooling(Pooler):
+    """NV-Embed latent attention, as in its released ``LatentAttentionModel`` (pre-norm, residuals)::
+
+        Q = LN_q(H) W_q + b_q                    [B, L, D]   (tokens are the queries)
+        K = LN_c(C) W_k + b_k,  V = LN_c(C) W_v + b_v   [r, D]  (C: trained latent array, r latents)
+        O = concat_heads softmax(Q_h K_hᵀ / √d_h) V_h · W_o + b_o   [B, L, D]   (d_h = D / heads)
+        H' = H + O
+        H'' = H' + W_2 GELU(W_1 LN_f(H') + b_1) + b_2
+        z = mean over real tokens of H''        [B, D]
+
+    NV-Embed's FeedForward is GEGLU; we use the plain 2-layer GELU MLP. Weights returned: the mean-pooling weights
+    (uniform over real tokens), since every token enters ``z`` with the same share.
+    """
+
+    Config = LatentAttentionConfig
+
+    def __init__(self, in_dim: int, **options):
+        super().__init__(in_dim, **options)
+        c = self.config
+        if c.num_latents < 1:
+            raise ValueError(f"latent_attention: num_latents must be >= 1, got {c.num_latents}")
+        _check_heads(in_dim, c.num_heads, "latent_attention")
+        hidden = c.mlp_hidden or 4 * in_dim
+        self.latents = nn.Parameter(torch.empty(c.num_latents, in_dim))
+        self.norm_q = nn.LayerNorm(in_dim)
+        self.norm_c = nn.LayerNorm(in_dim)
+        self.q_proj, self.k_proj = nn.Linear(in_dim, in_dim), nn.Linear(in_dim, in_dim)
+        self.v_proj, self.out_proj = nn.Linear(in_dim, in_dim), nn.Linear(in_dim, in_dim)
+        self.norm_f = nn.LayerNorm(in_dim)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, in_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.latents)  # NV-Embed: torch.randn
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def _pool(self, h, mask):
+        B, L, D = h.shape
+        nh = self.config.num_heads
+        c = self.norm_c(self.latents)  # [r, D]
+        q = self.q_proj(self.norm_q(h)).view(B, L, nh, D // nh).transpose(1, 2)  # [B, nh, L, d_h]
+        k = self.k_proj(c).view(-1, nh, D // nh).transpose(0, 1)  # [nh, r, d_h]
+        v = self.v_proj(c).view(-1, nh, D // nh).transpose(0, 1)  # [nh, r, d_h]
+        att = (q @ k.transpose(1, 2) / math.sqrt(D // nh)).softmax(-1)  # [B, nh, L, r]
+        o = self.out_proj((att @ v).transpose(1, 2).reshape(B, L, D))
+        h = h + o
+        h = h + self.mlp(self.norm_f(h))
+        w = _mean_weights(mask, h.dtype)
+        return torch.bmm(w.unsqueeze(1), h).squeeze(1), w
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Set Transformer PMA
+
+
+@dataclass
+class PMAConfig(PoolerConfig):
+    num_seeds: int = 1  # k: learned seed vectors; z is their outputs concatenated (k * in_dim)
+    num_heads: int = 4
+    ln: bool = True  # the paper's LayerNorms (the reference code's default is ln=False)
+
+
+@register_pooler("pma")
+class PMAPooling(Pooler):
+    """Pooling by Multihead Attention: ``PMA_k(H) = MAB(S, H)`` with ``k`` learned seeds ``S [k, D]``::
+
+        Q = S W_q + b_q    [k, D];     K = H W_k + b_k,  V = H W_v + b_v   [B, L, D]
+        A_h = softmax_{j real}(Q_h K_hᵀ / √d_h)       [B, heads, k, L]   (key padding mask)
+        O = LN_0(Q + concat_h A_h V_h)               [B, k, D]
+        O = LN_1(O + ReLU(O W_o + b_o))              (rFF with residual)
+        z = O.reshape(B, k·D)
+
+    The layout (residual on the projected query, rFF = ReLU(Linear)) follows the authors' ``MAB`` code; the
+    scale is the usual ``1/√d_h`` (their code divides by ``√D``). Weights returned: ``A`` averaged over heads and
+    seeds (sums to 1 over real tokens, 0 on padding).
+    """
+
+    Config = PMAConfig
+
+    def __init__(self, in_dim: int, **options):
+        super().__init__(in_dim, **options)
+        c = self.config
+        if c.num_seeds < 1:
+            raise ValueError(f"pma: num_seeds must be >= 1, got {c.num_seeds}")
+        _check_heads(in_dim, c.num_heads, "pma")
+        self.seeds = nn.Parameter(torch.empty(c.num_seeds, in_dim))
+        self.q_proj, self.k_proj = nn.Linear(in_dim, in_dim), nn.Linear(in_dim, in_dim)
+        self.v_proj, self.rff = nn.Linear(in_dim, in_dim), nn.Linear(in_dim, in_dim)
+        self.ln0 = nn.LayerNorm(in_dim) if c.ln else nn.Identity()
+        self.ln1 = nn.LayerNorm(in_dim) if c.ln else nn.Identity()
+        self.reset_parameters()
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.num_seeds * self.in_dim
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.seeds)
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def _pool(self, h, mask):
+        B, L, D = h.shape
+        nh, k = self.config.num_heads, self.config.num_seeds
+        q = self.q_proj(self.seeds)  # [k, D]
+        qh = q.view(k, nh, D // nh).transpose(0, 1)  # [nh, k, d_h]
+        kh = self.k_proj(h).view(B, L, nh, D // nh).transpose(1, 2)  # [B, nh, L, d_h]
+        vh = self.v_proj(h).view(B, L, nh, D // nh).transpose(1, 2)
+        scores = qh @ kh.transpose(2, 3) / math.sqrt(D // nh)  # [B, nh, k, L]
+        att = masked_softmax(scores, mask[:, None, None, :])
+        o = q + (att @ vh).transpose(1, 2).reshape(B, k, D)
+        o = self.ln0(o)
+        o = self.ln1(o + torch.relu(self.rff(o)))
+        return o.reshape(B, k * D), att.mean((1, 2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SGPT position-weighted mean
+
+
+@register_pooler("weighted_mean")
+class WeightedMeanPooling(Pooler):
+    """SGPT weighted mean for causal decoders: later tokens have seen more context, so they weigh more::
+
+        w_i = p_i / Σ_j p_j,   p_i = 1-based position of token i among the sentence's *real* tokens
+        z = Σ_i w_i h_i
+
+    Positions are counted over real tokens only (``cumsum`` of the mask), so left- and right-padded batches give
+    the same ``z``. Not permutation invariant, by design.
+    """
+
+    def _pool(self, h, mask):
+        pos = mask.to(h.dtype).cumsum(1) * mask  # [B, L]: 1..n on real tokens, 0 on padding
+        w = pos / pos.sum(1, keepdim=True)
+        return torch.bmm(w.unsqueeze(1), h).squeeze(1), w
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# "no graph" ablation of GLOT
+
+
+class TokenMLP(nn.Module):
+    """Per-token twin of :class:`glotpool.gnn.TokenGNN`: ``Hᵏ = ReLU(Hᵏ⁻¹ W_k + b_k)``, same jumping knowledge.
+
+    A GCN layer holds exactly one ``[in, out]`` weight and one bias, so this has the same parameter count as
+    GLOT-GCN's GNN; it is GLOT-GCN with ``A = I``, minus the degree normalisation. Padding rows are zero.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 256, num_layers: int = 2, jk: str = "cat",
+                 dropout: float = 0.0):
+        super().__init__()
+        if jk not in JK_MODES:
+            raise ValueError(f"unknown jk mode {jk!r}; valid modes: {', '.join(JK_MODES)}")
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        if jk != "cat" and num_layers == 0:
+            raise ValueError(f"jk={jk!r} needs num_layers >= 1 (only 'cat' keeps the input)")
+        self.in_dim, self.hidden_dim, self.num_layers, self.jk = in_dim, hidden_dim, num_layers, jk
+        dims = [in_dim] + [hidden_dim] * num_layers
+        self.lins = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def out_dim(self) -> int:
+        return self.in_dim + self.num_layers * self.hidden_dim if self.jk == "cat" else self.hidden_dim
+
+    def reset_parameters(self) -> None:
+        for lin in self.lins:
+            lin.reset_parameters()
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        keep = mask.unsqueeze(-1).to(x.dtype)
+        layers, h = [x], x
+        for lin in self.lins:
+            h = torch.relu(lin(self.dropout(h))) * keep
+            layers.append(h)
+        if self.jk == "cat":
+            return torch.cat(layers, dim=-1)
+        if self.jk == "last":
+            return layers[-1]
+        stacked = torch.stack(layers[1:], dim=0)
+        return stacked.max(0).values if self.jk == "max" else stacked.mean(0)
+
+
+@dataclass
+class MLPAttentionConfig(PoolerConfig):
+    hidden_dim: int = 256
+    num_layers: int = 2
+    jk: str = "cat"
+    dropout: float = 0.0
+    readout_hidden: int | None = None  # default max(128, out_dim // 2)
+
+
+@register_pooler("mlp_attention")
+class MLPAttentionPooling(Pooler):
+    """GLOT without the graph: ``U = TokenMLP(H)`` (same layers/JK as GLOT's GNN), then GLOT's attention readout."""
+
+    Config = MLPAttentionConfig
+
+    def __init__(self, in_dim: int, **options):
+        super().__init__(in_dim, **options)
+        c = self.config
+        self.mlp = TokenMLP(in_dim, c.hidden_dim, c.num_layers, c.jk, c.dropout)
+        self.readout = AttentionReadout(self.mlp.out_dim, c.readout_hidden)
+
+    @property
+    def out_dim(self) -> int:
+        return self.mlp.out_dim
+
+    def reset_parameters(self) -> None:
+        self.mlp.reset_parameters()
+        self.readout.reset_parameters()
+
+    def _pool(self, h, mask):
+        return self.readout(self.mlp(h, mask), mask)
+
+
+__all__ = ["LatentAttentionPooling", "PMAPooling", "WeightedMeanPooling", "MLPAttentionPooling", "TokenMLP"]
