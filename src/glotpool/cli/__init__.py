@@ -7,7 +7,11 @@ import sys
 
 # Sub-command modules, in the order `glotpool --help` lists them. Each defines register(subparsers).
 COMMANDS = [
-    "demo",
+    "run",
+    "fetch_data",
+    "cache",
+    "compare",
+    "stress",
 ]
 
 

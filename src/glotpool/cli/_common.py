@@ -1,0 +1,46 @@
+"""Argument groups shared by several sub-commands."""
+from __future__ import annotations
+
+import argparse
+
+from ..train import TrainConfig
+
+
+def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=defaults.epochs)
+    g.add_argument("--lr", type=float, default=defaults.lr)
+    g.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    g.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    g.add_argument("--patience", type=int, default=defaults.patience, help="early stopping; 0 = off")
+    g.add_argument("--grad-clip", type=float, default=defaults.grad_clip)
+    g.add_argument("--class-weights", action="store_true", help="inverse-frequency class weights")
+    g.add_argument("--metric", default=None, help="dev metric for model selection (default by task type)")
+    g.add_argument("--device", default="cpu")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
+                       patience=args.patience, grad_clip=args.grad_clip, class_weights=args.class_weights,
+                       metric=args.metric, device=args.device)
+
+
+def csv_list(cast=str):
+    def parse(text: str):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        try:
+            return tuple(cast(x) for x in items)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def pooler_list(text: str) -> tuple[str, ...]:
+    """Poolers separated by spaces or ';' (commas belong to a pooler's options: glot:conv=gcn,tau=0.4)."""
+    items = [x.strip() for x in text.replace(";", " ").split() if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected pooler names, e.g. 'mean adapool glot'")
+    return tuple(items)

@@ -1,0 +1,42 @@
+"""The stress runner end to end on the real MiniLM package model (small sizes), its report and figures."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from glotpool.stress import StressSettings, run_stress, split_by_pair
+from glotpool.stressgen import StressConfig, make_stress_split
+
+
+def test_dev_split_keeps_twins_together():
+    ex = make_stress_split(StressConfig(ratio=0.5, length=20), 40, seed=0)
+    train, dev = split_by_pair(ex, 0.25, seed=1)
+    assert len(dev) == 10 and len(train) == 30
+    assert not {e.pair_id for e in train} & {e.pair_id for e in dev}
+
+
+@pytest.mark.slow
+def test_small_stress_run_glot_beats_mean_at_high_ratio(minilm, tmp_path):
+    settings = StressSettings(ratios=(0.9,), poolers=("mean", "glot"), seeds=(0,), budgets=("converged",),
+                              n_train=240, n_eval=100, show_progress=False)
+    result = run_stress(settings, tmp_path / "s", backbone=minilm)
+    cells = result["summary"]["converged"]
+    glot, mean = cells["glot"]["0.9"]["mean"], cells["mean"]["0.9"]["mean"]
+    assert glot >= 0.85 and glot > mean + 0.15, (glot, mean)
+    # graph density is reported for every GLOT run
+    rec = next(r for r in result["records"] if r["label"] == "glot")
+    assert 1.0 <= rec["graph"]["edges_per_token"] < 40
+    saved = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert len(saved["records"]) == 2
+    assert "| glot |" in (tmp_path / "s" / "results.md").read_text()
+    assert (tmp_path / "s" / "data" / "ratio-0.9.jsonl").is_file()
+    with Image.open(tmp_path / "s" / "accuracy_vs_ratio_converged.png") as im:
+        assert im.size[0] >= 600 and im.size[1] >= 400
+    with Image.open(tmp_path / "s" / "token_weights.png") as im:
+        assert im.size[0] >= 1000 and im.size[1] >= 500
+    # a rerun reuses every finished run and the cache
+    again = run_stress(settings, tmp_path / "s", backbone=minilm)
+    assert again["summary"] == result["summary"]
+    assert again["total_seconds"] < result["total_seconds"]

@@ -1,0 +1,190 @@
+"""Heads, trainer, run records and `compare`: unit checks against independent formulas and a real end-to-end run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glotpool.data import TextDataset, read_table, split_dataset
+from glotpool.experiment import PoolerSpec, run_one
+from glotpool.tasks import build_head
+from glotpool.train import TrainConfig, length_bucketed_batches, prepare_splits, train_pooler
+
+DATA = Path(__file__).parent / "data"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# heads
+
+
+def test_cosent_matches_explicit_pair_sum():
+    torch.manual_seed(0)
+    head = build_head("sts", 8, loss="cosent", cosent_scale=20.0)
+    z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
+    gold = torch.tensor([0.1, 0.9, 0.5, 0.5, 0.3, 1.0])
+    cos = F.cosine_similarity(z1, z2, dim=-1)
+    terms = [20.0 * (cos[j] - cos[i]) for i in range(6) for j in range(6) if gold[i] > gold[j]]
+    expected = torch.log(1 + torch.exp(torch.stack(terms)).sum())
+    torch.testing.assert_close(head.loss(head(z1, z2), gold), expected)
+
+
+def test_infonce_is_symmetric_cross_entropy_over_in_batch_negatives():
+    torch.manual_seed(1)
+    head = build_head("retrieval", 8, temperature=0.1)
+    q, d = torch.randn(5, 8), torch.randn(5, 8)
+    s = torch.stack([torch.stack([F.cosine_similarity(q[i], d[j], dim=0) for j in range(5)]) for i in range(5)]) / 0.1
+    row = -torch.log_softmax(s, 1).diagonal().mean()
+    col = -torch.log_softmax(s, 0).diagonal().mean()
+    torch.testing.assert_close(head.loss(head(q, d)), (row + col) / 2)
+
+
+def test_pair_features_and_head_round_trip(tmp_path):
+    head = build_head("pair", 4, num_labels=3, features="full")
+    z1, z2 = torch.randn(2, 4), torch.randn(2, 4)
+    feats = head.features(z1, z2)
+    torch.testing.assert_close(feats, torch.cat([z1, z2, (z1 - z2).abs(), z1 * z2], -1))
+    head.save_pretrained(tmp_path / "h")
+    from glotpool.tasks import TaskHead
+
+    again = TaskHead.from_pretrained(tmp_path / "h")
+    assert torch.equal(again(z1, z2), head(z1, z2))
+    with pytest.raises(ValueError, match="unknown pair features"):
+        build_head("pair", 4, features="sum")
+    with pytest.raises(ValueError, match="unknown task type"):
+        build_head("ranking", 4)
+
+
+def test_length_buckets_cover_every_example_once_and_cut_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 200, size=1000)
+    batches = length_bucketed_batches(lengths, 32, np.random.default_rng(1))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    naive = sum(len(b) * lengths[b].max() for b in np.array_split(rng.permutation(1000), len(batches)))
+    assert padded < 0.75 * naive
+
+
+def test_pooler_spec_parsing():
+    s = PoolerSpec.parse("glot-knn=glot:graph=knn,k=8,center=true,tau=0.5")
+    assert (s.label, s.name, s.kwargs) == ("glot-knn", "glot", {"graph": "knn", "k": 8, "center": True, "tau": 0.5})
+    assert PoolerSpec.parse("mean") == PoolerSpec("mean", (), "mean")
+    assert PoolerSpec.parse("glot:tau=0.3").with_options(tau=0.6, hidden_dim=64).kwargs == {"tau": 0.3,
+                                                                                           "hidden_dim": 64}
+    with pytest.raises(ValueError, match="key=value"):
+        PoolerSpec.parse("glot:tau")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end on the real MiniLM package model
+
+
+@pytest.fixture(scope="module")
+def pang_lee_cache(minilm, tmp_path_factory):
+    from glotpool.cache import build_cache
+
+    # 600 real movie-review sentences (300 per polarity), disjoint from sentences.csv
+    ds = read_table(DATA / "pang-lee" / "sentences-600.csv", text_col="text", label_col="label")
+    tr, dev, te = split_dataset(ds, (0.7, 0.15, 0.15), seed=0)
+    cache = build_cache(minilm, list(dict.fromkeys(ds.texts)), tmp_path_factory.mktemp("pl") / "cache",
+                        show_progress=False)
+    return cache, {"train": tr, "dev": dev, "test": te}
+
+
+@pytest.mark.slow
+def test_trained_glot_beats_chance_on_real_sentences(pang_lee_cache, tmp_path):
+    cache, splits = pang_lee_cache
+    data = prepare_splits(cache, splits, "single")
+    assert data.label_names == ["negative", "positive"]
+    rec = run_one(PoolerSpec.of("glot", hidden_dim=64), cache, data,
+                  TrainConfig(epochs=8, lr=2e-3, patience=3, show_progress=False), seed=0, run_dir=tmp_path / "r",
+                  save_model=True)
+    # 90 balanced test sentences: chance is 0.5 (std 0.053); frozen MiniLM + GLOT is far above it
+    assert rec.test["accuracy"] >= 0.68, rec
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert saved["result"]["best_epoch"] == rec.best_epoch
+    assert (tmp_path / "r" / "best" / "pooler" / "model.safetensors").is_file()
+    assert "| test |" in (tmp_path / "r" / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_finished_runs_are_reused_not_retrained(pang_lee_cache, tmp_path, monkeypatch):
+    cache, splits = pang_lee_cache
+    data = prepare_splits(cache, splits, "single")
+    cfg = TrainConfig(epochs=2, show_progress=False)
+    first = run_one(PoolerSpec.of("mean"), cache, data, cfg, seed=3, run_dir=tmp_path / "m")
+
+    def boom(*a, **k):
+        raise AssertionError("retrained a finished run")
+
+    monkeypatch.setattr("glotpool.experiment.train_pooler", boom)
+    again = run_one(PoolerSpec.of("mean"), cache, data, cfg, seed=3, run_dir=tmp_path / "m")
+    assert again == first
+    with pytest.raises(AssertionError, match="retrained"):  # other settings -> a new run
+        run_one(PoolerSpec.of("mean"), cache, data, cfg, seed=4, run_dir=tmp_path / "m")
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_under_seed(pang_lee_cache):
+    cache, splits = pang_lee_cache
+    data = prepare_splits(cache, splits, "single")
+    cfg = TrainConfig(epochs=2, patience=0, show_progress=False)
+    a = run_one(PoolerSpec.of("adapool"), cache, data, cfg, seed=7)
+    b = run_one(PoolerSpec.of("adapool"), cache, data, cfg, seed=7)
+    assert a.dev == b.dev and a.test == b.test
+
+
+@pytest.mark.slow
+def test_sts_and_retrieval_train_end_to_end(pang_lee_cache):
+    cache, splits = pang_lee_cache
+    tr = splits["train"]
+    n = len(tr)
+    # pair each sentence with its neighbour; score 1 when both have the same polarity
+    pair = lambda ds: TextDataset(ds.texts[:-1], ds.texts[1:],  # noqa: E731
+                                  [float(a == b) for a, b in zip(ds.labels[:-1], ds.labels[1:])])
+    data = prepare_splits(cache, {k: pair(v) for k, v in splits.items()}, "sts")
+    assert data.score_range == (0.0, 1.0) and n > 10
+    rec = run_one(PoolerSpec.of("mean"), cache, data, TrainConfig(epochs=1, show_progress=False), seed=0)
+    assert set(rec.test) == {"pearson", "spearman"}
+    ret = prepare_splits(cache, {k: TextDataset(v.texts, v.texts) for k, v in splits.items()}, "retrieval")
+    rec = run_one(PoolerSpec.of("adapool"), cache, ret, TrainConfig(epochs=1, show_progress=False), seed=0)
+    assert rec.test["recall@1"] == 1.0  # query == document: every query finds itself first
+
+
+def test_bad_splits_are_reported(pang_lee_cache):
+    cache, splits = pang_lee_cache
+    bad = TextDataset(splits["test"].texts, None, ["positive"] * (len(splits["test"]) - 1) + ["neutral"])
+    with pytest.raises(ValueError, match=r"test split has label\(s\) \['neutral'\]"):
+        prepare_splits(cache, {"train": splits["train"], "dev": splits["dev"], "test": bad}, "single")
+    with pytest.raises(ValueError, match="'dev' split is empty"):
+        prepare_splits(cache, {"train": splits["train"], "dev": TextDataset([], None, [])}, "single")
+    with pytest.raises(ValueError, match="needs two texts"):
+        prepare_splits(cache, splits, "pair")
+    data = prepare_splits(cache, {"train": splits["train"], "test": splits["test"]}, "single")
+    from glotpool import build_pooler
+
+    with pytest.raises(ValueError, match="needs a 'dev' split"):
+        train_pooler(build_pooler("mean", in_dim=cache.dim), build_head("single", cache.dim), cache, data,
+                     TrainConfig(show_progress=False))
+
+
+@pytest.mark.slow
+def test_compare_on_local_files(minilm, tmp_path):
+    from glotpool.compare import CompareSettings, run_compare
+
+    settings = CompareSettings(task=None, data_file=str(DATA / "pang-lee" / "sentences.csv"),
+                               poolers=("mean", "glot:hidden_dim=32"), seeds=(0, 1),
+                               train=TrainConfig(epochs=2, show_progress=False), show_progress=False)
+    result = run_compare(settings, tmp_path / "cmp", backbone=minilm)
+    assert [r["label"] for r in result["summary"]] == ["mean", "glot:hidden_dim=32"]
+    assert all(r["n"] == 2 for r in result["summary"])
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "| glot:hidden_dim=32 |" in table and "±" in table
+    from PIL import Image
+
+    with Image.open(tmp_path / "cmp" / "comparison.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 200
