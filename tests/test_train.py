@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,8 @@ def test_training_is_deterministic_under_seed(pang_lee_cache):
     a = run_one(PoolerSpec.of("adapool"), cache, data, cfg, seed=7)
     b = run_one(PoolerSpec.of("adapool"), cache, data, cfg, seed=7)
     assert a.dev == b.dev and a.test == b.test
+    c = run_one(PoolerSpec.of("adapool"), cache, data, replace(cfg, precision="bf16"), seed=7)
+    assert abs(c.test["accuracy"] - a.test["accuracy"]) <= 0.1  # bf16 autocast trains the same model, roughly
 
 
 @pytest.mark.slow
@@ -188,3 +191,30 @@ def test_compare_on_local_files(minilm, tmp_path):
 
     with Image.open(tmp_path / "cmp" / "comparison.png") as im:
         assert im.size[0] > 300 and im.size[1] > 200
+
+
+def test_sweep_grid_parsing():
+    from glotpool.sweep import parse_grid
+
+    assert parse_grid(["tau=0.0,0.2", "conv=gat,gcn", "layers=1,2"]) == {
+        "tau": [0.0, 0.2], "conv": ["gat", "gcn"], "num_layers": [1, 2]}
+    with pytest.raises(ValueError, match="key=v1,v2"):
+        parse_grid(["tau"])
+
+
+@pytest.mark.slow
+def test_sweep_on_a_preset_reports_density_per_run(minilm, tmp_path, monkeypatch):
+    import csv
+
+    from glotpool.sweep import SweepSettings, run_sweep
+
+    monkeypatch.setenv("GLOTPOOL_DATA", str(DATA))  # the shipped pang-lee fixture in the fetched-data layout
+    settings = SweepSettings(task="pang-lee", grid={"tau": [0.2, 0.8]}, base_options={"hidden_dim": 16},
+                             seeds=(0, 1), train=TrainConfig(epochs=1, show_progress=False), show_progress=False)
+    result = run_sweep(settings, tmp_path / "sw", backbone=minilm)
+    assert len(result["rows"]) == 4
+    rows = list(csv.DictReader(open(tmp_path / "sw" / "runs.csv")))
+    dens = {r["tau"]: float(r["edges_per_token"]) for r in rows}
+    assert dens["0.2"] > dens["0.8"] >= 1.0  # a lower threshold keeps more edges
+    assert (tmp_path / "sw" / "sweep_tau.png").stat().st_size > 5000
+    assert "| 0.2 |" in (tmp_path / "sw" / "summary.md").read_text()

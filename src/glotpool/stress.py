@@ -58,6 +58,7 @@ class StressSettings:
     cache_batch_size: int = 32
     lr_grid: tuple[float, ...] = (1e-3,)  # converged budget: learning rates tried with the first seed
     glot_defaults: dict = field(default_factory=lambda: dict(STRESS_GLOT))
+    precision: str = "fp32"  # training precision: fp32 | bf16 (autocast)
     weight_figure_sentences: int = 3
     show_progress: bool = True
 
@@ -144,7 +145,7 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
             if spec.name == "glot":
                 graph_stats[(ratio, spec.label)] = _graph_stats(spec, cache, splits["test"].idx1)
         for budget in settings.budgets:
-            base = replace(BUDGETS[budget], show_progress=False)
+            base = replace(BUDGETS[budget], show_progress=False, precision=settings.precision)
             for spec in specs:
                 run_root = out_dir / "runs" / f"ratio-{ratio:g}" / budget / spec.label
                 grid = settings.lr_grid if budget == "converged" else (base.lr,)

@@ -35,6 +35,13 @@ from glotpool.tasks import TaskHead
 DEFAULT_METRIC = {"single": "accuracy", "pair": "accuracy", "sts": "spearman", "retrieval": "mrr@10"}
 
 
+def autocast(device: torch.device | str, precision: str):
+    """Mixed-precision context for ``precision`` ('fp32' = off, 'bf16' = bfloat16 autocast)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; use 'fp32' or 'bf16'")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -55,6 +62,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     metric: str | None = None  # dev metric for model selection; default by task type
     device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 (autocast: ~1.5-2.5x faster matmuls on CPUs with AVX512-BF16/AMX and GPUs)
     show_progress: bool = True
 
 
@@ -172,14 +180,21 @@ class PoolerWithHead(nn.Module):
 
 @torch.inference_mode()
 def evaluate(model: PoolerWithHead, cache: TokenCache, split: CachedSplit, task_type: str,
-             batch_size: int = 128, device="cpu", num_labels: int | None = None) -> dict[str, float]:
+             batch_size: int = 128, device="cpu", num_labels: int | None = None,
+             precision: str = "fp32") -> dict[str, float]:
     """All metrics of ``task_type`` on one split (the model in eval mode, no gradient)."""
+    with autocast(device, precision):
+        return _evaluate(model, cache, split, task_type, batch_size, device, num_labels)
+
+
+def _evaluate(model, cache, split, task_type, batch_size, device, num_labels):
     model.eval()
     order = np.argsort(cache.lengths[split.idx1], kind="stable")  # length-sorted: less padding
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if task_type == "retrieval":
         q = torch.cat([model.embed(cache, split.idx1[b], device) for b in batches])
         d = torch.cat([model.embed(cache, split.idx2[b], device) for b in batches])
+        q, d = q.float(), d.float()
         sims = (torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(d, dim=-1).T).cpu()
         return compute_metrics("retrieval", sims.numpy(), [{i} for i in range(len(order))])
     outs = torch.cat([model.head.predictions(model(cache, split, b, device)).float().cpu() for b in batches])
@@ -248,9 +263,10 @@ def train_pooler(pooler: Pooler, head: TaskHead, cache: TokenCache, data: Cached
             for rows in length_bucketed_batches(lengths, cfg.batch_size, rng):
                 if task_type == "retrieval" and len(rows) < 2:
                     continue  # in-batch negatives need a second example
-                out = model(cache, train, rows, device)
+                with autocast(device, cfg.precision):
+                    out = model(cache, train, rows, device)
                 target = torch.from_numpy(train.targets[rows]).to(device) if train.targets is not None else None
-                loss = head.loss(out, target)
+                loss = head.loss(out.float(), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -258,7 +274,8 @@ def train_pooler(pooler: Pooler, head: TaskHead, cache: TokenCache, data: Cached
                 optimizer.step()
                 losses.append(loss.item())
         epoch_seconds = time.perf_counter() - te
-        dev = evaluate(model, cache, data["dev"], task_type, cfg.eval_batch_size, device, data.num_labels or None)
+        dev = evaluate(model, cache, data["dev"], task_type, cfg.eval_batch_size, device, data.num_labels or None,
+                       cfg.precision)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                         "seconds": epoch_seconds, **{f"dev_{k}": v for k, v in dev.items()}})
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", **{f"dev_{metric}": f"{dev[metric]:.4f}"})
@@ -273,8 +290,10 @@ def train_pooler(pooler: Pooler, head: TaskHead, cache: TokenCache, data: Cached
             break  # nothing to train: one evaluation is the result
     train_seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
-    dev_best = evaluate(model, cache, data["dev"], task_type, cfg.eval_batch_size, device, data.num_labels or None)
-    test = (evaluate(model, cache, data["test"], task_type, cfg.eval_batch_size, device, data.num_labels or None)
+    dev_best = evaluate(model, cache, data["dev"], task_type, cfg.eval_batch_size, device, data.num_labels or None,
+                       cfg.precision)
+    test = (evaluate(model, cache, data["test"], task_type, cfg.eval_batch_size, device, data.num_labels or None,
+                       cfg.precision)
             if "test" in data.splits else None)
     result = TrainResult(best_epoch=best_epoch, dev=dev_best, test=test, history=history,
                          train_seconds=train_seconds,

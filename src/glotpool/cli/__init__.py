@@ -12,6 +12,7 @@ COMMANDS = [
     "cache",
     "compare",
     "stress",
+    "sweep",
 ]
 
 

@@ -17,12 +17,15 @@ def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     g.add_argument("--class-weights", action="store_true", help="inverse-frequency class weights")
     g.add_argument("--metric", default=None, help="dev metric for model selection (default by task type)")
     g.add_argument("--device", default="cpu")
+    g.add_argument("--precision", default=defaults.precision, choices=["fp32", "bf16"],
+                   help="bf16 = bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX and on GPUs)")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                        patience=args.patience, grad_clip=args.grad_clip, class_weights=args.class_weights,
-                       metric=args.metric, device=args.device)
+                       metric=args.metric, device=args.device,
+                       precision=args.precision)
 
 
 def csv_list(cast=str):

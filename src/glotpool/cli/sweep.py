@@ -1,0 +1,42 @@
+"""``glotpool sweep``: ablation grids of GLOT settings on one cache (tidy CSV/JSON, summary, figures)."""
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_train_args, csv_list
+
+
+def register(subparsers) -> None:
+    from ..sweep import SweepSettings
+
+    d = SweepSettings()
+    p = subparsers.add_parser("sweep", help="grid of GLOT settings (tau, conv, layers, ...) with seeds",
+                              description="Example: glotpool sweep --task pang-lee --grid tau=0.0,0.2,0.4,0.6,0.8 "
+                                          "conv=gat,gcn,gin layers=1,2,4. --task stress:0.9 uses the stress data.")
+    p.add_argument("--backbone", default="minilm")
+    p.add_argument("--task", default=d.task, help="preset (pang-lee, snli, sst2, ...) or stress:<ratio>")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--pooler", default=d.pooler, help="pooler the grid applies to (default glot)")
+    p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                   help="grid axes; aliases: layers=num_layers, hidden=hidden_dim")
+    p.add_argument("--base", nargs="*", default=[], metavar="KEY=V", help="fixed pooler options")
+    p.add_argument("--seeds", type=csv_list(int), default=d.seeds)
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--out", default=None, help="default runs/sweep-<task>")
+    p.add_argument("--quiet", action="store_true")
+    add_train_args(p, d.train)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sweep import SweepSettings, parse_grid, run_sweep
+    from ._common import train_config
+
+    base = {k: v[0] for k, v in parse_grid(args.base).items()} if args.base else {}
+    settings = SweepSettings(backbone=args.backbone, task=args.task, data_dir=args.data_dir, pooler=args.pooler,
+                             base_options=base, grid=parse_grid(args.grid), seeds=args.seeds,
+                             train=train_config(args), max_train=args.max_train, show_progress=not args.quiet)
+    out = args.out or f"runs/sweep-{args.task.replace(':', '-')}"
+    run_sweep(settings, out)
+    print(open(f"{out}/summary.md", encoding="utf-8").read())
+    return 0
