@@ -8,7 +8,8 @@ Layout of a cache folder::
     texts.json                the cached texts, in input order (example i = texts[i])
     index.json                written LAST = the cache is complete. Per example: shard id, row offset, length;
                               meta: backbone fingerprint, dim, store dtype, n, texts fingerprint, cache key.
-    progress.json             only while building: the key + sha256 of every finished shard (for resuming).
+    progress.json             only while building: the key + sha256 of every finished shard (for resuming);
+                              a distributed build writes one ``progress.rankNNNNN.json`` per rank instead.
 
 Examples are processed in a deterministic length-sorted order (longest first, ties by index) and shards end at
 fixed batch boundaries, so a build killed at any point and rerun continues at the first missing shard and ends
@@ -106,15 +107,26 @@ def _check_same_key(out_dir: Path, record: dict, key: str, wanted: dict, what: s
         ". Use another output folder (--out) or pass overwrite=True (CLI: --overwrite) to replace it.")
 
 
+def _progress_name(rank: int, world_size: int) -> str:
+    return PROGRESS if world_size == 1 else f"progress.rank{rank:05d}.json"
+
+
+def _progress_files(out_dir: Path) -> list[Path]:
+    """Every progress record of an unfinished build: single-process first, then per-rank ones."""
+    single = [out_dir / PROGRESS] if (out_dir / PROGRESS).is_file() else []
+    return single + sorted(out_dir.glob("progress.rank*.json"))
+
+
 def _remove_cache_files(out_dir: Path) -> None:
     """Delete only files this module writes (never a whole user folder)."""
-    for p in [out_dir / INDEX, out_dir / PROGRESS, out_dir / TEXTS, *out_dir.glob("shard-*.safetensors")]:
+    for p in [out_dir / INDEX, out_dir / TEXTS, *_progress_files(out_dir), *out_dir.glob("shard-*.safetensors")]:
         p.unlink(missing_ok=True)
 
 
 def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.PathLike, *, batch_size: int = 32,
                 shard_tokens: int = 1_000_000, store_dtype: str = "float16", show_progress: bool = True,
-                overwrite: bool = False, extra_meta: dict | None = None) -> "TokenCache":
+                overwrite: bool = False, extra_meta: dict | None = None, rank: int = 0,
+                world_size: int = 1) -> "TokenCache | None":
     """Run ``backbone`` over ``texts`` once and store every text's token states ``[len_i, D]`` in ``out_dir``.
 
     - ``out_dir`` holds a complete cache with the same key -> reused, the backbone does not run.
@@ -124,7 +136,14 @@ def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.Path
       was started with, so the result is byte-identical).
     ``shard_tokens`` ~ tokens per shard (1M tokens x 384 dims x fp16 = 768 MB); ``extra_meta`` is stored as
     ``meta["extra"]`` (e.g. which data columns the texts came from) and is not part of the key.
+
+    ``world_size > 1`` = one rank of a distributed build (see :mod:`glotpool.distributed`): the plan is the same
+    global one, this call encodes only shards ``k % world_size == rank``, records them in ``progress.rankNNNNN.json``
+    and returns None (no index). A later ``world_size=1`` call with the same arguments adopts every rank's shards
+    (hash-checked), encodes only what is still missing and writes the index: the same bytes as a one-process build.
     """
+    if not (isinstance(world_size, int) and isinstance(rank, int) and world_size >= 1 and 0 <= rank < world_size):
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
     if store_dtype not in STORE_DTYPES:
         raise ValueError(f"store_dtype must be one of {sorted(STORE_DTYPES)}, got {store_dtype!r}")
     texts = list(texts)
@@ -148,37 +167,49 @@ def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.Path
     if (out_dir / INDEX).is_file():
         _check_same_key(out_dir, _read_json(out_dir / INDEX), key, identity, "a cache")
         log.info("reusing complete cache %s", out_dir)
-        return open_cache(out_dir, verify=True)
-    progress = None
-    if (out_dir / PROGRESS).is_file():
-        progress = _read_json(out_dir / PROGRESS)
-        _check_same_key(out_dir, progress, key, identity, "an unfinished cache")
-        if (progress["batch_size"], progress["shard_tokens"]) != (batch_size, shard_tokens):
+        return open_cache(out_dir, verify=True) if world_size == 1 else None
+    progress_file = out_dir / _progress_name(rank, world_size)
+    # Resume from every earlier record (this rank's own first): a build may continue with another world size.
+    records = [(p, _read_json(p)) for p in _progress_files(out_dir)]
+    records.sort(key=lambda pr: pr[0] != progress_file)
+    for _, rec in records:
+        _check_same_key(out_dir, rec, key, identity, "an unfinished cache")
+    if records:
+        first = records[0][1]
+        if (first["batch_size"], first["shard_tokens"]) != (batch_size, shard_tokens):
             log.warning("resuming with the original batch_size=%d, shard_tokens=%d (asked %d, %d) so shards match",
-                        progress["batch_size"], progress["shard_tokens"], batch_size, shard_tokens)
-        batch_size, shard_tokens = progress["batch_size"], progress["shard_tokens"]
-    else:
-        progress = {"key": key, "meta": {"identity": identity}, "batch_size": batch_size,
-                    "shard_tokens": shard_tokens, "done": {}}
+                        first["batch_size"], first["shard_tokens"], batch_size, shard_tokens)
+        batch_size, shard_tokens = first["batch_size"], first["shard_tokens"]
+    progress = {"key": key, "meta": {"identity": identity}, "batch_size": batch_size,
+                "shard_tokens": shard_tokens, "done": {}}
+    for _, rec in reversed(records):  # same plan only; this rank's own records win
+        if (rec["batch_size"], rec["shard_tokens"]) == (batch_size, shard_tokens):
+            progress["done"].update(rec["done"])
     out_dir.mkdir(parents=True, exist_ok=True)
 
     encoding = backbone.tokenize(texts, padding=False, return_tensors=None)  # once, for the plan and the batches
     lengths = token_lengths(backbone, texts, encoding)
     plan = plan_shards(lengths, batch_size, shard_tokens)
     done: dict = progress["done"]
+    mine = {k for k in range(len(plan)) if k % world_size == rank}
     # A shard counts as done only if its file is still there with the recorded hash (else it is recomputed).
+    # Other ranks' shards are not this rank's business: the merging (world_size=1) call checks those.
     for k in list(done):
+        if int(k) not in mine:
+            continue
         p = out_dir / _shard_name(int(k))
         if not p.is_file() or p.stat().st_size != done[k]["bytes"] or sha256_file(p) != done[k]["sha256"]:
             del done[k]
-    todo = [k for k in range(len(plan)) if str(k) not in done]
+    todo = [k for k in range(len(plan)) if k in mine and str(k) not in done]
     sdtype = STORE_DTYPES[store_dtype]
 
     from tqdm.auto import tqdm
-    n_done = sum(len(b) for k in range(len(plan)) if str(k) in done for b in plan[k])
-    bar = tqdm(total=len(texts), initial=n_done, unit="ex", desc=f"caching {out_dir.name}",
+    n_mine = sum(len(b) for k in mine for b in plan[k])
+    n_done = sum(len(b) for k in mine if str(k) in done for b in plan[k])
+    rank_tag = f" rank {rank}/{world_size}" if world_size > 1 else ""
+    bar = tqdm(total=n_mine, initial=n_done, unit="ex", desc=f"caching {out_dir.name}{rank_tag}",
                disable=not show_progress, smoothing=0.1)
-    atomic_write_json(out_dir / PROGRESS, progress)
+    atomic_write_json(progress_file, progress)
     # One pass over the batches of all missing shards; a shard is written as soon as its last batch is done.
     flat = [(k, b) for k in todo for b in plan[k]]
     parts: list[torch.Tensor] = []
@@ -196,8 +227,10 @@ def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.Path
                 raise ValueError(f"hidden states overflow {store_dtype} in shard {k} (layer {fp['layer']}); "
                                  f"store them as bfloat16 or float32 (--dtype)")
             done[str(k)] = _write_shard(out_dir / _shard_name(k), states)
-            atomic_write_json(out_dir / PROGRESS, progress)
+            atomic_write_json(progress_file, progress)
     bar.close()
+    if world_size > 1:
+        return None  # the index is written by a world_size=1 call once every rank is done
 
     # Per-example index in INPUT order (plan order is the sorted one).
     shard_of = np.zeros(len(texts), np.int64)
@@ -218,7 +251,8 @@ def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.Path
              "examples": {"shard": shard_of.tolist(), "offset": offset.tolist(), "length": list(lengths)}}
     atomic_write_json(out_dir / TEXTS, texts)
     atomic_write_json(out_dir / INDEX, index)  # last: its presence marks the cache complete
-    (out_dir / PROGRESS).unlink(missing_ok=True)
+    for p in _progress_files(out_dir):
+        p.unlink(missing_ok=True)
     return open_cache(out_dir, verify=False)
 
 
@@ -234,9 +268,10 @@ def open_cache(path: str | os.PathLike, verify: bool = True) -> "TokenCache":
     """Open a complete cache folder. ``verify`` checks every shard's sha256 (~1 GB/s); sizes are always checked."""
     path = Path(path)
     if not (path / INDEX).is_file():
-        if (path / PROGRESS).is_file():
-            raise ValueError(f"{path} holds an unfinished cache (the build was interrupted): rerun the same "
-                             f"`glotpool cache` / build_cache call to resume it")
+        if _progress_files(path):
+            raise ValueError(f"{path} holds an unfinished cache (the build was interrupted, or a distributed "
+                             f"build was not merged yet): rerun the same `glotpool cache` / build_cache call to "
+                             f"resume it (distributed: rerun it, or `python -m glotpool.distributed merge`)")
         raise FileNotFoundError(f"no cache at {path} (missing {INDEX}); build one with `glotpool cache`")
     index = _read_json(path / INDEX)
     if index.get("format") != FORMAT or index.get("version") != VERSION:

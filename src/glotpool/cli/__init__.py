@@ -13,6 +13,7 @@ COMMANDS = [
     "compare",
     "stress",
     "sweep",
+    "dist",
 ]
 
 
