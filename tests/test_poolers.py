@@ -297,3 +297,20 @@ def test_load_errors(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="unknown pooler 'nope'"):
         load_pooler(tmp_path / "m")
+
+
+def test_tau_for_density_hits_the_target_density():
+    from glotpool.graph import tau_for_density
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(8, 30, D, generator=g) + 3.0  # anisotropic: a fixed tau would keep almost every pair
+    mask = torch.ones(8, 30, dtype=torch.bool)
+    mask[3, 20:] = False
+    tau = tau_for_density(h, mask, 0.1)
+    adj = build_graph(h, mask, "threshold", tau=tau)
+    n = mask.sum(1).double()
+    off_diag = (adj.sum((1, 2)).double() - n).sum() / (n * (n - 1)).sum()
+    assert abs(off_diag.item() - 0.1) < 0.01
+    assert graph_density(build_graph(h, mask, "threshold", tau=0.6), mask).min() > 0.9
+    with pytest.raises(ValueError, match="density"):
+        tau_for_density(h, mask, 1.5)

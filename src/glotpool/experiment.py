@@ -67,6 +67,20 @@ class PoolerSpec:
     def kwargs(self) -> dict:
         return dict(self.options)
 
+    def resolved(self, cache: TokenCache, rows: np.ndarray, sample: int = 256) -> "PoolerSpec":
+        """Resolve data-dependent options: ``target_density=x`` becomes the ``tau`` that gives density ``x`` on up
+        to ``sample`` of the given cache rows (the train split; never the test split)."""
+        opts = self.kwargs
+        if "target_density" not in opts:
+            return self
+        from glotpool.graph import tau_for_density
+
+        rng = np.random.default_rng(0)
+        pick = rng.choice(rows, size=min(sample, len(rows)), replace=False)
+        h, mask = cache.batch(pick)
+        opts["tau"] = round(tau_for_density(h, mask, float(opts.pop("target_density")), bool(opts.get("center"))), 4)
+        return replace(self, options=tuple(sorted(opts.items())))
+
     def with_options(self, **options) -> "PoolerSpec":
         merged = {**dict(options), **self.kwargs}  # the spec's own options win over defaults
         return replace(self, options=tuple(sorted(merged.items())))
@@ -104,6 +118,7 @@ def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainC
     from glotpool.tasks import build_head
 
     cfg = replace(cfg, seed=seed)
+    spec = spec.resolved(cache, data["train"].idx1)
     settings = {"label": spec.label, "pooler": spec.name, "options": spec.kwargs, "seed": seed,
                 "train_config": {k: v for k, v in asdict(cfg).items() if k != "show_progress"},
                 "cache_key": cache.key, "head_options": head_options or {}}

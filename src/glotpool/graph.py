@@ -135,3 +135,24 @@ def graph_density(adj: Tensor, mask: Tensor) -> Tensor:
     """Fraction of possible real-token pairs that are edges (self-loops included), per sentence: ``[B]``."""
     n = mask.sum(1).clamp_min(1).to(adj.dtype)
     return adj.sum((1, 2)) / (n * n)
+
+
+@torch.no_grad()
+def tau_for_density(h: Tensor, mask: Tensor, density: float, center: bool = False) -> float:
+    """The cosine threshold whose graph keeps about ``density`` of the off-diagonal real-token pairs.
+
+    Calibrates τ on a sample of sentences (``h [B, L, D]``, ``mask [B, L]``): the ``1 - density`` quantile of their
+    pairwise similarities. Decoder states are anisotropic (cosines crowd near 1), so a fixed τ that gives a sparse
+    graph on an encoder gives an almost complete one on a decoder; a density target transfers across backbones.
+    """
+    if not 0.0 < density < 1.0:
+        raise ValueError(f"density must be in (0, 1), got {density}")
+    mask = mask.bool()
+    sim = cosine_similarity(h, mask, center)
+    pairs = _pair_mask(mask) & ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
+    values = sim[pairs].float()
+    if values.numel() == 0:
+        raise ValueError("need sentences with at least two real tokens to calibrate tau")
+    if values.numel() > 2_000_000:  # torch.quantile's input limit; a random subsample is plenty
+        values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:2_000_000]]
+    return float(torch.quantile(values, 1.0 - density))

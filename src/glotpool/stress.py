@@ -141,12 +141,14 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
         cache_seconds[f"{ratio:g}"] = time.perf_counter() - t0
         splits = prepare_splits(cache, {"train": _dataset(train_ex), "dev": _dataset(dev_ex),
                                         "test": _dataset(data["eval"])}, "single")
-        for spec in specs:
+        ratio_specs = [spec.resolved(cache, splits["train"].idx1) for spec in specs]  # e.g. target_density -> tau
+        for spec in ratio_specs:
             if spec.name == "glot":
-                graph_stats[(ratio, spec.label)] = _graph_stats(spec, cache, splits["test"].idx1)
+                graph_stats[(ratio, spec.label)] = {**_graph_stats(spec, cache, splits["test"].idx1),
+                                                    "tau": spec.kwargs.get("tau")}
         for budget in settings.budgets:
             base = replace(BUDGETS[budget], show_progress=False, precision=settings.precision)
-            for spec in specs:
+            for spec in ratio_specs:
                 run_root = out_dir / "runs" / f"ratio-{ratio:g}" / budget / spec.label
                 grid = settings.lr_grid if budget == "converged" else (base.lr,)
                 lr = grid[0]
@@ -234,10 +236,10 @@ def format_table(summary: dict, settings: StressSettings, graph: list[dict]) -> 
             lines.append(f"| {label} | " + " | ".join(row) + " |")
         lines.append("")
     if graph:
-        lines += ["## token graphs (eval split)", "", "| pooler | ratio | edges per token | density |",
-                  "|---|---|---|---|"]
-        lines += [f"| {g['pooler']} | {g['ratio']:g} | {g['edges_per_token']:.1f} | {g['density']:.3f} |"
-                  for g in graph]
+        lines += ["## token graphs (eval split)", "", "| pooler | ratio | tau | edges per token | density |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {g['pooler']} | {g['ratio']:g} | {g.get('tau')} | {g['edges_per_token']:.1f} | "
+                  f"{g['density']:.3f} |" for g in graph]
         lines.append("")
     return "\n".join(lines)
 

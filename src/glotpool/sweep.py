@@ -95,6 +95,7 @@ def run_sweep(settings: SweepSettings, out_dir: str | Path, backbone=None) -> di
     for point in points:
         label = ",".join(f"{k}={v}" for k, v in point.items())
         spec = PoolerSpec.of(settings.pooler, label=label, **{**settings.base_options, **point})
+        spec = spec.resolved(cache, data["train"].idx1)
         graph = _graph_stats(spec, cache, data["test"].idx1) if settings.pooler == "glot" else {}
         for seed in settings.seeds:
             bar.set_postfix_str(f"{label} seed {seed}")
