@@ -44,7 +44,14 @@ class AttentionReadout(nn.Module):
         return self.score(torch.tanh(self.proj(u))).squeeze(-1)
 
     def forward(self, u: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        pi = masked_softmax(self.scores(u), mask)  # [B, L]
+        n_real = int(mask.sum())
+        if n_real < 0.9 * mask.numel():
+            # Score only the real tokens: the MLP is the readout's main cost and padding scores are discarded anyway.
+            s = self.scores(u[mask])
+            scores = torch.full(mask.shape, float("-inf"), dtype=s.dtype, device=u.device).masked_scatter(mask, s)
+        else:
+            scores = self.scores(u)
+        pi = masked_softmax(scores, mask)  # [B, L]
         z = torch.bmm(pi.unsqueeze(1), u).squeeze(1)  # [B, F]
         return z, pi
 

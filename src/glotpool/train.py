@@ -324,7 +324,7 @@ def save_run(out_dir: str | Path, model: PoolerWithHead, result: TrainResult, cf
     record = {"pooler": model.pooler.name, "pooler_config": asdict(model.pooler.config),
               "head": model.head.task_type, "head_config": asdict(model.head.config), "train_config": asdict(cfg),
               "result": asdict(result), "cache": {"path": str(cache.path), "key": cache.key,
-                                                  "backbone": cache.meta.get("backbone")},
+                                                  "backbone": cache.meta.get("identity", {}).get("backbone")},
               "sizes": {k: len(v) for k, v in data.splits.items()}, "environment": environment()}
     atomic_write_json(out_dir / "results.json", record)
     atomic_write_text(out_dir / "results.md", format_result_table(model.pooler.name, result))

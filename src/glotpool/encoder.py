@@ -1,0 +1,355 @@
+"""Use a trained pooler: one :class:`Encoder` = frozen backbone + pooler (+ task head), saved and loaded as a folder.
+
+    enc = Encoder.from_run("runs/glot", load_backbone("minilm"))     # from train_pooler's out_dir (best/)
+    enc.save_pretrained("models/glot-pang-lee")
+    enc = Encoder.from_pretrained("models/glot-pang-lee")            # loads (and checks) the backbone it names
+    Z = enc.encode(["a fine film .", "dull ."])                      # [N, dim] float32 numpy
+    enc.predict(["a fine film ."])                                   # ["positive"] (classifier heads)
+
+Folder layout (written atomically as a whole)::
+
+    encoder.json   backbone reference (name_or_path / preset, revision, gguf_file, layer, max_length, dtype,
+                   padding side, hidden size, weights sha256 + the backbone's full fingerprint), task metadata
+    labels.json    {"task_type", "label_names", "score_range"} (the same file train_pooler writes in best/)
+    pooler/        Pooler.save_pretrained
+    head/          TaskHead.save_pretrained (only when there is a head)
+
+A pooler is only meaningful on the exact states it was trained on, so :meth:`Encoder.from_pretrained` refuses a
+backbone whose fingerprint differs (weights hash, hidden size, layer, max_length, dtype, tokenizer, ...) with a
+ValueError naming every difference; ``check_backbone=False`` overrides at your own risk.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from glotpool.backbone import DTYPES, Backbone, length_sorted_batches, load_backbone
+from glotpool.io_utils import atomic_dir, atomic_write_json
+from glotpool.poolers import Pooler, load_pooler
+from glotpool.tasks import TaskHead
+
+FORMAT = "glotpool-encoder"
+FORMAT_VERSION = 1
+CONFIG_NAME = "encoder.json"
+_IGNORED_FINGERPRINT_KEYS = {"model"}  # a display name ("minilm", "local:<folder>"); the weights hash decides
+_SHOWN = 10
+
+
+def _rows(idx: Sequence[int], offset: int = 0) -> str:
+    shown = ", ".join(str(i + offset) for i in idx[:_SHOWN])
+    return shown + (f", ... ({len(idx) - _SHOWN} more)" if len(idx) > _SHOWN else "")
+
+
+def _diff(trained, found, prefix: str = "") -> list[str]:
+    """Readable differences between two nested JSON-like values (hashes shortened)."""
+    if isinstance(trained, dict) and isinstance(found, dict):
+        out = []
+        for k in sorted(set(trained) | set(found), key=str):
+            if not prefix and k in _IGNORED_FINGERPRINT_KEYS:
+                continue
+            out += _diff(trained.get(k), found.get(k), f"{prefix}{k}.")
+        return out
+    if trained == found:
+        return []
+    short = lambda v: v[:12] + "..." if isinstance(v, str) and len(v) == 64 else v  # noqa: E731  (sha256)
+    return [f"{prefix.rstrip('.')}: trained on {short(trained)!r}, found {short(found)!r}"]
+
+
+def _as_texts(texts, what: str = "texts") -> list[str]:
+    """list of non-empty strings, or ValueError naming the first bad indices (0-based)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise ValueError(f"{what} must be strings; index(es) {_rows(bad)} hold {type(texts[bad[0]]).__name__}")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise ValueError(f"{what} at index(es) {_rows(empty)} are empty (or whitespace only): an empty text has no "
+                         f"tokens to pool; drop them or replace them before encoding")
+    return texts
+
+
+def _as_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch dtype, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+class Encoder:
+    """Frozen backbone + trained pooler (+ optional task head): texts -> vectors / labels / similarities.
+
+    ``encode(texts)`` equals ``pooler(*backbone.encode(texts))`` (up to float noise from batch padding), computed in
+    length-sorted batches and returned in input order.
+    """
+
+    def __init__(self, backbone: Backbone, pooler: Pooler, head: TaskHead | None = None,
+                 label_names: list[str] | None = None, task_type: str | None = None, score_range=None):
+        if pooler.in_dim != backbone.dim:
+            raise ValueError(f"the pooler expects states of size {pooler.in_dim} but backbone "
+                             f"{backbone.config.name_or_path!r} has hidden size {backbone.dim}; use the backbone "
+                             f"the pooler was trained on")
+        if head is not None:
+            head_dim = head.config.dim
+            if head_dim != pooler.out_dim:
+                raise ValueError(f"the head expects vectors of size {head_dim} but the pooler gives {pooler.out_dim}")
+            task_type = task_type or head.task_type
+            if task_type != head.task_type:
+                raise ValueError(f"task_type {task_type!r} does not match the head's {head.task_type!r}")
+            n = getattr(head.config, "num_labels", None)
+            if label_names is not None and n is not None and len(label_names) != n:
+                raise ValueError(f"{len(label_names)} label names for a head with {n} classes")
+        self.backbone = backbone
+        self.pooler = pooler.to(backbone.device).eval()
+        self.head = head.to(backbone.device).eval() if head is not None else None
+        self.label_names = list(label_names) if label_names is not None else None
+        self.task_type = task_type
+        self.score_range = tuple(score_range) if score_range is not None else None
+
+    @property
+    def dim(self) -> int:
+        return self.pooler.out_dim
+
+    def __repr__(self) -> str:
+        return (f"Encoder(backbone={self.backbone.config.name_or_path!r}, pooler={self.pooler.name!r}, dim={self.dim}, "
+                f"task_type={self.task_type!r}, labels={self.label_names})")
+
+    # --- persistence ---------------------------------------------------------------------------------------------
+    def backbone_reference(self) -> dict:
+        """What ``from_pretrained`` needs to find (and verify) the backbone again."""
+        c, fp = self.backbone.config, self.backbone.fingerprint()
+        name = c.name_or_path
+        if Path(name).expanduser().is_dir():  # a local folder: absolute, so the model loads from any cwd
+            name = str(Path(name).expanduser().resolve())
+        return {"name_or_path": name, "revision": c.revision, "gguf_file": c.gguf_file, "layer": c.layer,
+                "max_length": c.max_length, "dtype": c.dtype, "padding_side": c.padding_side,
+                "hidden_size": self.backbone.dim, "weights_sha256": fp.get("weights_sha256"), "fingerprint": fp}
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``encoder.json``, ``labels.json``, ``pooler/`` and ``head/`` into ``path`` (replaced atomically)."""
+        from glotpool import __version__
+
+        labels = {"task_type": self.task_type, "label_names": self.label_names,
+                  "score_range": list(self.score_range) if self.score_range else None}
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "glotpool_version": __version__,
+                "backbone": self.backbone_reference(), "pooler": self.pooler.name, "dim": self.dim,
+                "head": self.head.task_type if self.head is not None else None, **labels}
+        with atomic_dir(path) as tmp:
+            self.pooler.save_pretrained(tmp / "pooler")
+            if self.head is not None:
+                self.head.save_pretrained(tmp / "head")
+            atomic_write_json(tmp / "labels.json", labels)
+            atomic_write_json(tmp / CONFIG_NAME, meta)
+
+    @staticmethod
+    def verify_backbone(trained: dict, backbone: Backbone, where: str = "this encoder") -> None:
+        """ValueError naming every difference between a stored fingerprint and ``backbone``'s."""
+        diffs = _diff(trained, backbone.fingerprint())
+        if diffs:
+            raise ValueError(
+                f"{where} was trained on other backbone states than backbone {backbone.config.name_or_path!r} "
+                f"gives: " + "; ".join(diffs[:8]) + (f" (+{len(diffs) - 8} more)" if len(diffs) > 8 else "") +
+                ". The pooler would get inputs it never saw. Fix: load the backbone it was trained on (same "
+                "weights, layer, max_length, dtype, tokenizer) and pass it as backbone=..., or pass "
+                "check_backbone=False (CLI: --no-backbone-check) to use this one anyway at your own risk.")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, backbone: Backbone | None = None, device: str = "auto",
+                        check_backbone: bool = True) -> "Encoder":
+        """Load a folder written by :meth:`save_pretrained`.
+
+        ``backbone=None`` loads the backbone named in ``encoder.json`` (a preset, hub id or folder) on ``device``.
+        Unless ``check_backbone=False`` the backbone's fingerprint must equal the stored one (ValueError otherwise).
+        """
+        path = Path(path)
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file():
+            hint = (" (this looks like a training run: use Encoder.from_run)"
+                    if (path / "best").is_dir() or (path / "pooler").is_dir() else "")
+            raise FileNotFoundError(f"no encoder at {path}: {CONFIG_NAME} is missing{hint}")
+        meta = json.loads(cfg_file.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{cfg_file} is not a glotpool encoder config (format {meta.get('format')!r})")
+        if meta.get("format_version", 1) > FORMAT_VERSION:
+            raise ValueError(f"{cfg_file} has format_version {meta['format_version']}, newer than this glotpool "
+                             f"understands ({FORMAT_VERSION}); upgrade glotpool")
+        ref = meta["backbone"]
+        if backbone is None:
+            name = ref["name_or_path"]
+            try:
+                backbone = load_backbone(name, layer=ref["layer"], max_length=ref["max_length"], dtype=ref["dtype"],
+                                         padding_side=ref["padding_side"], gguf_file=ref["gguf_file"],
+                                         revision=ref["revision"], device=device)
+            except (OSError, ModuleNotFoundError) as e:
+                raise type(e)(f"cannot load the backbone {name!r} this encoder was trained on ({e}); install or "
+                              f"copy it, or load it yourself and pass backbone=...") from e
+        if check_backbone:
+            trained = dict(ref.get("fingerprint") or {})
+            trained["hidden_size"] = ref.get("hidden_size", trained.get("hidden_size"))
+            if ref.get("weights_sha256") or "weights_sha256" in trained:
+                trained["weights_sha256"] = ref.get("weights_sha256")
+            cls.verify_backbone(trained, backbone, where=f"the encoder at {path}")
+        pooler = load_pooler(path / "pooler", map_location="cpu")
+        head = TaskHead.from_pretrained(path / "head") if (path / "head").is_dir() else None
+        return cls(backbone, pooler, head, label_names=meta.get("label_names"), task_type=meta.get("task_type"),
+                   score_range=meta.get("score_range"))
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, backbone: Backbone, check_backbone: bool = True) -> "Encoder":
+        """Encoder from a ``train_pooler`` out_dir (its ``best/`` holds pooler/, head/, labels.json).
+
+        The backbone is checked against the fingerprint of the cache the run trained on, when it can be found
+        (``results.json`` -> the cache's ``index.json``).
+        """
+        run_dir = Path(run_dir)
+        best = run_dir if (run_dir / "pooler").is_dir() else run_dir / "best"
+        if not (best / "pooler").is_dir():
+            raise FileNotFoundError(f"{run_dir} has no best/pooler: not a finished training run (train with "
+                                    f"out_dir=..., or experiment.run_one(..., save_model=True))")
+        labels = json.loads((best / "labels.json").read_text()) if (best / "labels.json").is_file() else {}
+        if check_backbone:
+            trained = _run_backbone_fingerprint(best.parent)
+            if trained is not None:
+                cls.verify_backbone(trained, backbone, where=f"the run {run_dir}")
+        pooler = load_pooler(best / "pooler", map_location="cpu")
+        head = TaskHead.from_pretrained(best / "head") if (best / "head").is_dir() else None
+        return cls(backbone, pooler, head, label_names=labels.get("label_names"), task_type=labels.get("task_type"),
+                   score_range=labels.get("score_range"))
+
+    # --- inference -----------------------------------------------------------------------------------------------
+    def _embed(self, texts: list[str], batch_size: int, dtype=None, bar=None) -> torch.Tensor:
+        """Validated texts -> ``Z [N, dim]`` float32 on CPU, input order. ``bar``: a tqdm advanced per batch."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        bb = self.backbone
+        dtype = _as_dtype(dtype)
+        param = next(bb.model.parameters())
+        autocast = dtype is not None and dtype != param.dtype
+        out = torch.empty(len(texts), self.dim, dtype=torch.float32)  # a normal tensor (not an inference one)
+        enc = bb.tokenize(texts, padding=False, return_tensors=None)  # once; batches are padded to their longest
+        keys = list(enc.keys())
+        with torch.inference_mode():
+            for idx in length_sorted_batches([len(ids) for ids in enc["input_ids"]], batch_size):
+                batch = bb.tokenizer.pad([{k: enc[k][i] for k in keys} for i in idx], padding=True,
+                                         return_tensors="pt")
+                # autocast only around the backbone: the pooler runs in its own (fp32) weights' dtype
+                with torch.autocast(bb.device.type, dtype=dtype, enabled=autocast):
+                    h, mask = bb.forward_batch(batch)
+                z = self.pooler(h, mask)
+                out[torch.as_tensor(idx)] = z.float().cpu()
+                if bar is not None:
+                    bar.update(len(idx))
+        return out
+
+    def encode(self, texts: Sequence[str] | str, batch_size: int = 32, normalize: bool = False,
+               show_progress: bool = True, convert_to: str = "numpy", dtype=None):
+        """texts -> ``Z [N, dim]`` (numpy float32, or a torch.Tensor with ``convert_to="torch"``), input order.
+
+        ``normalize``: unit L2 norm rows. ``dtype`` ("bfloat16", "float16" or a torch dtype): run the backbone under
+        autocast in that dtype (faster on GPUs; slightly different states). A single string gives ``[1, dim]``; an
+        empty list gives ``[0, dim]``; an empty (or whitespace) text is a ValueError naming its index.
+        """
+        if convert_to not in ("numpy", "torch"):
+            raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
+        texts = _as_texts(texts)
+        _as_dtype(dtype)  # fail before the progress bar
+        if not texts:
+            z = torch.zeros(0, self.dim)
+        else:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=len(texts), desc="encode", unit="text", disable=not show_progress, leave=False) as bar:
+                z = self._embed(texts, batch_size, dtype, bar)
+        if normalize:
+            z = F.normalize(z, dim=-1)
+        return z if convert_to == "torch" else z.numpy()
+
+    def _classifier(self) -> TaskHead:
+        if self.head is None or self.task_type not in ("single", "pair"):
+            raise ValueError(f"this encoder has no classifier head (task type {self.task_type!r}); predict needs a "
+                             f"model trained on a 'single' or 'pair' task; use encode() / similarity() instead")
+        return self.head
+
+    def predict_logits(self, texts, texts2=None, batch_size: int = 32, show_progress: bool = False,
+                       dtype=None) -> torch.Tensor:
+        """Classifier logits ``[N, C]`` (float32, CPU). ``texts2``: second sentences for a pair classifier."""
+        head = self._classifier()
+        texts = _as_texts(texts)
+        if head.is_pair and texts2 is None:
+            raise ValueError("this is a pair classifier: give the second sentences (texts2 / --text-col-2)")
+        if not head.is_pair and texts2 is not None:
+            raise ValueError("this is a single-sentence classifier: texts2 must be None")
+        if texts2 is not None:
+            texts2 = _as_texts(texts2, "texts2")
+            if len(texts2) != len(texts):
+                raise ValueError(f"texts has {len(texts)} items but texts2 has {len(texts2)}; they must be parallel")
+        n_classes = head.config.num_labels
+        if not texts:
+            return torch.zeros(0, n_classes)
+        z1 = self.encode(texts, batch_size, show_progress=show_progress, convert_to="torch", dtype=dtype)
+        z2 = (self.encode(texts2, batch_size, show_progress=show_progress, convert_to="torch", dtype=dtype)
+              if texts2 is not None else None)
+        dev = self.backbone.device
+        with torch.inference_mode():
+            logits = head(z1.to(dev), z2.to(dev) if z2 is not None else None)
+        return logits.float().cpu().clone()
+
+    def predict_proba(self, texts, texts2=None, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities ``[N, C]`` (softmax of the head's logits); columns follow ``label_names``."""
+        return torch.softmax(self.predict_logits(texts, texts2, batch_size), dim=-1).numpy()
+
+    def predict(self, texts, texts2=None, batch_size: int = 32) -> list[str]:
+        """Predicted label names (or class ids as strings when the model has no label names)."""
+        proba = self.predict_proba(texts, texts2, batch_size)
+        names = self.label_names or [str(i) for i in range(proba.shape[1])]
+        return [names[i] for i in proba.argmax(1)] if len(proba) else []
+
+    def similarity(self, a, b, batch_size: int = 32) -> np.ndarray:
+        """Cosine similarity of ``a[i]`` and ``b[i]``: ``[N]`` (what an STS head predicts; any encoder works)."""
+        a, b = _as_texts(a, "a"), _as_texts(b, "b")
+        if len(a) != len(b):
+            raise ValueError(f"a has {len(a)} texts but b has {len(b)}; similarity compares a[i] with b[i]")
+        za = self.encode(a, batch_size, show_progress=False, convert_to="torch")
+        zb = self.encode(b, batch_size, show_progress=False, convert_to="torch")
+        return F.cosine_similarity(za, zb, dim=-1).numpy() if len(a) else np.zeros(0, np.float32)
+
+    def truncation_report(self, texts) -> dict:
+        """How many texts exceed ``max_length`` tokens (and get truncated by encode).
+
+        -> ``{"n", "max_length", "truncated", "indices" (0-based, all of them), "longest"}`` (token counts include
+        the tokenizer's special tokens).
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        max_len = self.backbone.config.max_length
+        lengths = ([len(ids) for ids in self.backbone.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+                   if texts else [])
+        over = [i for i, n in enumerate(lengths) if n > max_len]
+        return {"n": len(texts), "max_length": max_len, "truncated": len(over), "indices": over,
+                "longest": max(lengths, default=0)}
+
+
+def _run_backbone_fingerprint(run_dir: Path) -> dict | None:
+    """The backbone fingerprint of the cache a run trained on, if ``results.json`` leads to it."""
+    try:
+        rec = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    cache = rec.get("cache") or {}
+    if isinstance(cache.get("backbone"), dict):
+        return cache["backbone"]
+    try:
+        index = json.loads((Path(cache["path"]) / "index.json").read_text())
+        return index["meta"]["identity"]["backbone"]
+    except (KeyError, TypeError, OSError, ValueError):
+        return None
+
+
+__all__ = ["Encoder"]
