@@ -17,6 +17,8 @@ COMMANDS = [
     "stress",
     "sweep",
     "dist",
+    "export_st",
+    "bench_efficiency",
 ]
 
 
