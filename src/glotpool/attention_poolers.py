@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glotpool.gnn import JK_MODES
+from glotpool.gnn import check_layer_stack, jk_out_dim, jumping_knowledge
 from glotpool.poolers import Pooler, PoolerConfig, register_pooler
 from glotpool.readout import AttentionReadout, masked_softmax
 
@@ -199,12 +199,7 @@ class TokenMLP(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int = 256, num_layers: int = 2, jk: str = "cat",
                  dropout: float = 0.0):
         super().__init__()
-        if jk not in JK_MODES:
-            raise ValueError(f"unknown jk mode {jk!r}; valid modes: {', '.join(JK_MODES)}")
-        if num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
-        if jk != "cat" and num_layers == 0:
-            raise ValueError(f"jk={jk!r} needs num_layers >= 1 (only 'cat' keeps the input)")
+        check_layer_stack(num_layers, jk)
         self.in_dim, self.hidden_dim, self.num_layers, self.jk = in_dim, hidden_dim, num_layers, jk
         dims = [in_dim] + [hidden_dim] * num_layers
         self.lins = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
@@ -212,7 +207,7 @@ class TokenMLP(nn.Module):
 
     @property
     def out_dim(self) -> int:
-        return self.in_dim + self.num_layers * self.hidden_dim if self.jk == "cat" else self.hidden_dim
+        return jk_out_dim(self.in_dim, self.hidden_dim, self.num_layers, self.jk)
 
     def reset_parameters(self) -> None:
         for lin in self.lins:
@@ -224,12 +219,7 @@ class TokenMLP(nn.Module):
         for lin in self.lins:
             h = torch.relu(lin(self.dropout(h))) * keep
             layers.append(h)
-        if self.jk == "cat":
-            return torch.cat(layers, dim=-1)
-        if self.jk == "last":
-            return layers[-1]
-        stacked = torch.stack(layers[1:], dim=0)
-        return stacked.max(0).values if self.jk == "max" else stacked.mean(0)
+        return jumping_knowledge(layers, self.jk)
 
 
 @dataclass

@@ -41,16 +41,35 @@ def make_conv(conv: str, in_dim: int, out_dim: int) -> nn.Module:
     raise ValueError(f"unknown conv {conv!r}; valid convs: {', '.join(CONVS)}")
 
 
+def check_layer_stack(num_layers: int, jk: str) -> None:
+    """Validate the depth / jumping-knowledge pair shared by every per-token layer stack."""
+    if jk not in JK_MODES:
+        raise ValueError(f"unknown jk mode {jk!r}; valid modes: {', '.join(JK_MODES)}")
+    if num_layers < 0:
+        raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+    if jk != "cat" and num_layers == 0:
+        raise ValueError(f"jk={jk!r} needs num_layers >= 1 (only 'cat' keeps the input)")
+
+
+def jk_out_dim(in_dim: int, hidden_dim: int, num_layers: int, jk: str) -> int:
+    return in_dim + num_layers * hidden_dim if jk == "cat" else hidden_dim
+
+
+def jumping_knowledge(layers: list[Tensor], jk: str) -> Tensor:
+    """Combine ``[H⁰, H¹, …, Hᴷ]`` (each ``[B, L, ·]``) as the docstring above defines."""
+    if jk == "cat":
+        return torch.cat(layers, dim=-1)
+    if jk == "last":
+        return layers[-1]
+    stacked = torch.stack(layers[1:], dim=0)
+    return stacked.max(0).values if jk == "max" else stacked.mean(0)
+
+
 class TokenGNN(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int = 256, num_layers: int = 2, conv: str = "gat",
                  jk: str = "cat", dropout: float = 0.0):
         super().__init__()
-        if jk not in JK_MODES:
-            raise ValueError(f"unknown jk mode {jk!r}; valid modes: {', '.join(JK_MODES)}")
-        if num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
-        if jk != "cat" and num_layers == 0:
-            raise ValueError(f"jk={jk!r} needs num_layers >= 1 (only 'cat' keeps the input)")
+        check_layer_stack(num_layers, jk)
         self.in_dim, self.hidden_dim, self.num_layers, self.jk = in_dim, hidden_dim, num_layers, jk
         dims = [in_dim] + [hidden_dim] * num_layers
         self.convs = nn.ModuleList(make_conv(conv, dims[i], dims[i + 1]) for i in range(num_layers))
@@ -58,7 +77,7 @@ class TokenGNN(nn.Module):
 
     @property
     def out_dim(self) -> int:
-        return self.in_dim + self.num_layers * self.hidden_dim if self.jk == "cat" else self.hidden_dim
+        return jk_out_dim(self.in_dim, self.hidden_dim, self.num_layers, self.jk)
 
     def reset_parameters(self) -> None:
         for conv in self.convs:
@@ -72,9 +91,4 @@ class TokenGNN(nn.Module):
             # padding it keeps GAT's softmax rows finite (an all -inf row is NaN); padding outputs are masked to 0.
             h = torch.relu(conv(self.dropout(h), adj, mask=mask, add_loop=True))
             layers.append(h)
-        if self.jk == "cat":
-            return torch.cat(layers, dim=-1)
-        if self.jk == "last":
-            return layers[-1]
-        stacked = torch.stack(layers[1:], dim=0)
-        return stacked.max(0).values if self.jk == "max" else stacked.mean(0)
+        return jumping_knowledge(layers, self.jk)

@@ -72,7 +72,7 @@ from torch_geometric.nn.dense import DenseGATConv, DenseGCNConv, DenseGINConv
 from torch.utils.checkpoint import checkpoint
 from torch_geometric.utils import scatter, softmax, to_undirected
 
-from glotpool.gnn import TokenGNN
+from glotpool.gnn import TokenGNN, jumping_knowledge
 from glotpool.layers import DenseGATv2Conv
 from glotpool.readout import AttentionReadout
 
@@ -309,12 +309,7 @@ def sparse_gnn_forward(gnn: TokenGNN, x: Tensor, edge_index: Tensor) -> Tensor:
     for conv in gnn.convs:
         h = torch.relu(sparse_conv(conv, gnn.dropout(h), edge_index))
         layers.append(h)
-    if gnn.jk == "cat":
-        return torch.cat(layers, dim=-1)
-    if gnn.jk == "last":
-        return layers[-1]
-    stacked = torch.stack(layers[1:], dim=0)
-    return stacked.max(0).values if gnn.jk == "max" else stacked.mean(0)
+    return jumping_knowledge(layers, gnn.jk)
 
 
 def sparse_readout(readout: AttentionReadout, u: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:

@@ -59,6 +59,7 @@ class StressSettings:
     lr_grid: tuple[float, ...] = (1e-3,)  # converged budget: learning rates tried with the first seed
     glot_defaults: dict = field(default_factory=lambda: dict(STRESS_GLOT))
     precision: str = "fp32"  # training precision: fp32 | bf16 (autocast)
+    cache_dir: str | None = None  # where the per-ratio caches live (default OUT/cache); share it between runs
     weight_figure_sentences: int = 3
     show_progress: bool = True
 
@@ -136,7 +137,8 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
         texts = list(dict.fromkeys(e.text for e in data["train"] + data["eval"]))
         bar.set_postfix_str(f"caching ratio {ratio:g}")
         t0 = time.perf_counter()
-        cache = build_cache(backbone, texts, out_dir / "cache" / f"{backbone_tag(backbone)}-ratio-{ratio:g}",
+        cache_root = Path(settings.cache_dir) if settings.cache_dir else out_dir / "cache"
+        cache = build_cache(backbone, texts, cache_root / f"{backbone_tag(backbone)}-ratio-{ratio:g}",
                             batch_size=settings.cache_batch_size, show_progress=settings.show_progress)
         cache_seconds[f"{ratio:g}"] = time.perf_counter() - t0
         splits = prepare_splits(cache, {"train": _dataset(train_ex), "dev": _dataset(dev_ex),

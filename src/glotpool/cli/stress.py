@@ -31,6 +31,7 @@ def register(subparsers) -> None:
                    help="reproduce the published flaw: negation words among the distractors")
     p.add_argument("--max-length", type=int, default=d.max_length)
     p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16"], help="training precision")
+    p.add_argument("--cache-dir", default=None, help="share the per-ratio caches between runs (default OUT/cache)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     settings = StressSettings(backbone=args.backbone, ratios=args.ratios, poolers=args.poolers, seeds=args.seeds,
                               budgets=args.budgets, lr_grid=args.lr_grid, n_train=args.n_train, n_eval=args.n_eval,
                               length=args.length, negation_in_noise=args.negation_in_noise,
-                              max_length=args.max_length, precision=args.precision,
+                              max_length=args.max_length, precision=args.precision, cache_dir=args.cache_dir,
                               show_progress=not args.quiet)
     out = args.out or f"runs/stress-{args.backbone}"
     run_stress(settings, out)
