@@ -55,7 +55,6 @@ end to end, inside this shared machine's run-to-run noise, so ``gnn.make_conv`` 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform

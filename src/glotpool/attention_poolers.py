@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glotpool.gnn import check_layer_stack, jk_out_dim, jumping_knowledge

@@ -24,12 +24,10 @@ whose vector is dropped after the gather (zero gradient). DDP then all-reduces (
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import math
 import os
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -257,9 +255,7 @@ def train_pooler_ddp(pooler: Pooler, head: TaskHead, cache: TokenCache, data: Ca
     ``ddp_kwargs`` go to DistributedDataParallel (e.g. ``find_unused_parameters=True`` for a pooler with
     parameters some forward passes skip).
     """
-    from glotpool.metrics import METRIC_HIGHER_IS_BETTER
-    from glotpool.train import (DEFAULT_METRIC, PoolerWithHead, TrainResult, _is_better, evaluate,
-                                length_bucketed_batches, save_run, seed_everything)
+    from glotpool.train import PoolerWithHead, evaluate, finish_run, fit, prepare_training
 
     if not _pg_world():
         if int(os.environ.get("WORLD_SIZE", 1)) > 1:
@@ -268,84 +264,31 @@ def train_pooler_ddp(pooler: Pooler, head: TaskHead, cache: TokenCache, data: Ca
         from glotpool.train import train_pooler
         return train_pooler(pooler, head, cache, data, cfg, out_dir=out_dir)
     rank, world = dist.get_rank(), dist.get_world_size()
-    if "dev" not in data.splits:
-        raise ValueError("training needs a 'dev' split for model selection (carve one from train)")
-    task_type = data.task_type
-    metric = cfg.metric or DEFAULT_METRIC[task_type]
-    if metric not in METRIC_HIGHER_IS_BETTER:
-        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRIC_HIGHER_IS_BETTER)}")
-    higher = METRIC_HIGHER_IS_BETTER[metric]
+    metric, higher = prepare_training(head, data, cfg)
     cuda = dist.get_backend() == "nccl" or str(cfg.device).startswith("cuda")
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1)))) \
         if cuda else torch.device(cfg.device)
-    seed_everything(cfg.seed)
-    if cfg.class_weights and task_type in ("single", "pair") and head.class_weights is None:
-        counts = np.bincount(data["train"].targets, minlength=data.num_labels).astype(np.float64)
-        weights = len(data["train"]) / (data.num_labels * np.maximum(counts, 1))
-        head.class_weights = torch.tensor(weights, dtype=torch.float32)
-        head.config.class_weights = weights.tolist()
     model = PoolerWithHead(pooler, head).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in params)
     step = None
-    if params:  # DDP refuses a module without trainable parameters; such a model needs no training anyway
+    if any(p.requires_grad for p in model.parameters()):  # DDP refuses a module without trainable parameters
         step = nn.parallel.DistributedDataParallel(GlobalBatchLoss(model, rank, world),
                                                    device_ids=[device.index] if device.type == "cuda" else None,
                                                    **(ddp_kwargs or {}))
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
-    train = data["train"]
-    rng = np.random.default_rng(cfg.seed)  # same global batch order on every rank and in train_pooler
-    lengths = cache.lengths[train.idx1]
     num_labels = data.num_labels or None
-    best, best_state, best_epoch, bad_epochs, history = None, None, 0, 0, []
-    t0 = time.perf_counter()
-    from tqdm.auto import tqdm
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"ddp train {pooler.name}", unit="epoch", leave=False,
-               disable=not (cfg.show_progress and rank == 0))
-    for epoch in bar:
-        te = time.perf_counter()
-        losses = []
-        if step is not None:
-            step.train()
-            for rows in length_bucketed_batches(lengths, cfg.batch_size, rng):
-                if task_type == "retrieval" and len(rows) < 2:
-                    continue  # in-batch negatives need a second example
-                loss = step(cache, train, rows, device)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)  # grads are identical on all ranks now
-                optimizer.step()
-                losses.append(loss.item())
-        epoch_seconds = time.perf_counter() - te
-        dev = evaluate(model, cache, data["dev"], task_type, cfg.eval_batch_size, device, num_labels) \
+
+    def loss_fn(rows):
+        return step(cache, data["train"], rows, device)  # gradients all-reduced: identical on every rank
+
+    def eval_dev():  # rank 0 evaluates; every rank gets the metrics, so early stopping agrees
+        dev = evaluate(model, cache, data["dev"], data.task_type, cfg.eval_batch_size, device, num_labels) \
             if rank == 0 else None
-        dev = _broadcast(dev, device)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                        "seconds": epoch_seconds, **{f"dev_{k}": v for k, v in dev.items()}})
-        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", **{f"dev_{metric}": f"{dev[metric]:.4f}"})
-        if _is_better(dev[metric], best, higher) or best_state is None:
-            best, best_epoch, bad_epochs = dev[metric], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
-            if cfg.patience and bad_epochs >= cfg.patience:
-                break
-        if optimizer is None:
-            break
-    train_seconds = time.perf_counter() - t0
-    model.load_state_dict(best_state)
+        return _broadcast(dev, device)
+
+    best_epoch, history, seconds = fit(model, cache, data, cfg, metric, higher, loss_fn, eval_dev,
+                                       cfg.show_progress and rank == 0)
     result = None
     if rank == 0:
-        dev_best = evaluate(model, cache, data["dev"], task_type, cfg.eval_batch_size, device, num_labels)
-        test = (evaluate(model, cache, data["test"], task_type, cfg.eval_batch_size, device, num_labels)
-                if "test" in data.splits else None)
-        result = TrainResult(best_epoch=best_epoch, dev=dev_best, test=test, history=history,
-                             train_seconds=train_seconds,
-                             seconds_per_epoch=float(np.mean([h["seconds"] for h in history])),
-                             trainable_parameters=n_params, metric=metric)
-        if out_dir is not None:
-            save_run(out_dir, model, result, cfg, data, cache)
+        result = finish_run(model, cache, data, cfg, metric, best_epoch, history, seconds, device, out_dir)
     result = _broadcast(result, device)  # also a barrier: out_dir is complete when any rank returns
     return result
 

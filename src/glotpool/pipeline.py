@@ -38,9 +38,9 @@ def run_main_job(s: MainJobSettings, out_dir: str | Path) -> str:
     t0 = time.perf_counter()
     backbone = load_backbone(s.backbone)
     sections = [f"# glotpool report — frozen {s.backbone}", ""]
-    stress = run_stress(StressSettings(backbone=s.backbone, ratios=s.stress_ratios, seeds=s.stress_seeds,
-                                       budgets=s.stress_budgets, show_progress=s.show_progress),
-                        out_dir / "stress", backbone=backbone)
+    run_stress(StressSettings(backbone=s.backbone, ratios=s.stress_ratios, seeds=s.stress_seeds,
+                              budgets=s.stress_budgets, show_progress=s.show_progress),
+               out_dir / "stress", backbone=backbone)
     sections += [(out_dir / "stress" / "results.md").read_text().replace("# Stress test", "## Stress test", 1)
                  .replace("\n## ", "\n### "), "",
                  "![accuracy vs ratio](stress/accuracy_vs_ratio_converged.png)", "",
@@ -50,10 +50,10 @@ def run_main_job(s: MainJobSettings, out_dir: str | Path) -> str:
 
         if s.compare_task in ("pang-lee", "snli"):
             fetch_corpora(s.data_dir, only=s.compare_task)
-        compare = run_compare(CompareSettings(backbone=s.backbone, task=s.compare_task, data_dir=s.data_dir,
-                                              seeds=s.compare_seeds, max_train=s.compare_max_train,
-                                              show_progress=s.show_progress),
-                              out_dir / f"compare-{s.compare_task}", backbone=backbone)
+        run_compare(CompareSettings(backbone=s.backbone, task=s.compare_task, data_dir=s.data_dir,
+                                    seeds=s.compare_seeds, max_train=s.compare_max_train,
+                                    show_progress=s.show_progress),
+                    out_dir / f"compare-{s.compare_task}", backbone=backbone)
         sections += [(out_dir / f"compare-{s.compare_task}" / "results.md").read_text().replace("# ", "## ", 1), "",
                      f"![comparison](compare-{s.compare_task}/comparison.png)", ""]
     sections.append(f"_Total time {time.perf_counter() - t0:.0f} s (cached steps are reused on reruns)._")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from glotpool.cache import build_cache
 from glotpool.data import TextDataset
-from glotpool.experiment import PoolerSpec, RunRecord, fmt_mean_std, mean_std, run_one
+from glotpool.experiment import PoolerSpec, fmt_mean_std, mean_std, run_one
 from glotpool.io_utils import atomic_write_json, atomic_write_text
 from glotpool.stressgen import StressConfig, make_stress_data, save_stress_data, token_counter
 from glotpool.train import TrainConfig, prepare_splits
@@ -186,7 +186,7 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
     atomic_write_json(out_dir / "results.json", result)
     table = format_table(summary, settings, result["graph"])
     atomic_write_text(out_dir / "results.md", table)
-    from glotpool.report import plot_accuracy_vs_ratio, plot_token_weights
+    from glotpool.report import plot_accuracy_vs_ratio
 
     for budget in settings.budgets:
         plot_accuracy_vs_ratio(summary, budget, out_dir / f"accuracy_vs_ratio_{budget}.png",

@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -224,49 +224,53 @@ def _is_better(value: float, best: float | None, higher: bool) -> bool:
     return best is None or (value > best if higher else value < best)
 
 
-def train_pooler(pooler: Pooler, head: TaskHead, cache: TokenCache, data: CachedSplits, cfg: TrainConfig,
-                 out_dir: str | Path | None = None) -> TrainResult:
-    """AdamW on pooler + head over the cache; returns dev/test metrics of the best-dev-epoch weights.
-
-    With ``out_dir``: writes ``best/`` (pooler + head, atomically), ``results.json`` and ``results.md``.
-    """
-    if "dev" not in data.splits:
-        raise ValueError("training needs a 'dev' split for model selection (carve one from train)")
-    task_type = data.task_type
+def resolve_metric(cfg: TrainConfig, task_type: str) -> tuple[str, bool]:
+    """The dev metric for model selection and whether higher is better."""
     metric = cfg.metric or DEFAULT_METRIC[task_type]
     if metric not in METRIC_HIGHER_IS_BETTER:
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRIC_HIGHER_IS_BETTER)}")
-    higher = METRIC_HIGHER_IS_BETTER[metric]
-    device = torch.device(cfg.device)
+    return metric, METRIC_HIGHER_IS_BETTER[metric]
+
+
+def prepare_training(head: TaskHead, data: CachedSplits, cfg: TrainConfig) -> tuple[str, bool]:
+    """Checks and set-up shared by every trainer: dev split, metric, seeds, class weights."""
+    if "dev" not in data.splits:
+        raise ValueError("training needs a 'dev' split for model selection (carve one from train)")
+    metric, higher = resolve_metric(cfg, data.task_type)
     seed_everything(cfg.seed)
-    if cfg.class_weights and task_type in ("single", "pair") and head.class_weights is None:
+    if cfg.class_weights and data.task_type in ("single", "pair") and head.class_weights is None:
         counts = np.bincount(data["train"].targets, minlength=data.num_labels).astype(np.float64)
         weights = len(data["train"]) / (data.num_labels * np.maximum(counts, 1))
         head.class_weights = torch.tensor(weights, dtype=torch.float32)
         head.config.class_weights = weights.tolist()  # saved with the head
-    model = PoolerWithHead(pooler, head).to(device)
+    return metric, higher
+
+
+def fit(model: PoolerWithHead, cache: TokenCache, data: CachedSplits, cfg: TrainConfig, metric: str, higher: bool,
+        loss_fn: Callable[[np.ndarray], Tensor], eval_dev: Callable[[], dict], show_progress: bool = True
+        ) -> tuple[int, list[dict], float]:
+    """The epoch loop: AdamW steps over length-bucketed batches, dev evaluation, early stopping.
+
+    ``loss_fn(rows)`` returns the loss of one batch of train rows; ``eval_dev()`` the dev metrics. At the end the
+    model holds the best epoch's weights. Returns ``(best_epoch, history, train_seconds)``.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
-    train = data["train"]
-    rng = np.random.default_rng(cfg.seed)
-    lengths = cache.lengths[train.idx1]
+    rng = np.random.default_rng(cfg.seed)  # the same batch order in every trainer and on every rank
+    lengths = cache.lengths[data["train"].idx1]
     best, best_state, best_epoch, bad_epochs, history = None, None, 0, 0, []
     t0 = time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {pooler.name}", unit="epoch", disable=not cfg.show_progress,
-               leave=False)
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {model.pooler.name}", unit="epoch", leave=False,
+               disable=not show_progress)
     for epoch in bar:
         model.train()
         te = time.perf_counter()
         losses = []
         if optimizer is not None:
             for rows in length_bucketed_batches(lengths, cfg.batch_size, rng):
-                if task_type == "retrieval" and len(rows) < 2:
+                if data.task_type == "retrieval" and len(rows) < 2:
                     continue  # in-batch negatives need a second example
-                with autocast(device, cfg.precision):
-                    out = model(cache, train, rows, device)
-                target = torch.from_numpy(train.targets[rows]).to(device) if train.targets is not None else None
-                loss = head.loss(out.float(), target)
+                loss = loss_fn(rows)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -274,8 +278,7 @@ def train_pooler(pooler: Pooler, head: TaskHead, cache: TokenCache, data: Cached
                 optimizer.step()
                 losses.append(loss.item())
         epoch_seconds = time.perf_counter() - te
-        dev = evaluate(model, cache, data["dev"], task_type, cfg.eval_batch_size, device, data.num_labels or None,
-                       cfg.precision)
+        dev = eval_dev()
         history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                         "seconds": epoch_seconds, **{f"dev_{k}": v for k, v in dev.items()}})
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", **{f"dev_{metric}": f"{dev[metric]:.4f}"})
@@ -288,20 +291,51 @@ def train_pooler(pooler: Pooler, head: TaskHead, cache: TokenCache, data: Cached
                 break
         if optimizer is None:
             break  # nothing to train: one evaluation is the result
-    train_seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
-    dev_best = evaluate(model, cache, data["dev"], task_type, cfg.eval_batch_size, device, data.num_labels or None,
-                       cfg.precision)
-    test = (evaluate(model, cache, data["test"], task_type, cfg.eval_batch_size, device, data.num_labels or None,
-                       cfg.precision)
-            if "test" in data.splits else None)
-    result = TrainResult(best_epoch=best_epoch, dev=dev_best, test=test, history=history,
-                         train_seconds=train_seconds,
+    return best_epoch, history, time.perf_counter() - t0
+
+
+def finish_run(model: PoolerWithHead, cache: TokenCache, data: CachedSplits, cfg: TrainConfig, metric: str,
+               best_epoch: int, history: list[dict], train_seconds: float, device,
+               out_dir: str | Path | None = None) -> TrainResult:
+    """Evaluate the selected weights on dev and (once) on test; save the run when ``out_dir`` is given."""
+    num_labels = data.num_labels or None
+    dev = evaluate(model, cache, data["dev"], data.task_type, cfg.eval_batch_size, device, num_labels, cfg.precision)
+    test = (evaluate(model, cache, data["test"], data.task_type, cfg.eval_batch_size, device, num_labels,
+                     cfg.precision) if "test" in data.splits else None)
+    result = TrainResult(best_epoch=best_epoch, dev=dev, test=test, history=history, train_seconds=train_seconds,
                          seconds_per_epoch=float(np.mean([h["seconds"] for h in history])),
-                         trainable_parameters=n_params, metric=metric)
+                         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                         metric=metric)
     if out_dir is not None:
         save_run(out_dir, model, result, cfg, data, cache)
     return result
+
+
+def train_pooler(pooler: Pooler, head: TaskHead, cache: TokenCache, data: CachedSplits, cfg: TrainConfig,
+                 out_dir: str | Path | None = None) -> TrainResult:
+    """AdamW on pooler + head over the cache; returns dev/test metrics of the best-dev-epoch weights.
+
+    With ``out_dir``: writes ``best/`` (pooler + head, atomically), ``results.json`` and ``results.md``.
+    """
+    metric, higher = prepare_training(head, data, cfg)
+    device = torch.device(cfg.device)
+    model = PoolerWithHead(pooler, head).to(device)
+    train = data["train"]
+
+    def loss_fn(rows):
+        with autocast(device, cfg.precision):
+            out = model(cache, train, rows, device)
+        target = torch.from_numpy(train.targets[rows]).to(device) if train.targets is not None else None
+        return head.loss(out.float(), target)
+
+    def eval_dev():
+        return evaluate(model, cache, data["dev"], data.task_type, cfg.eval_batch_size, device,
+                        data.num_labels or None, cfg.precision)
+
+    best_epoch, history, seconds = fit(model, cache, data, cfg, metric, higher, loss_fn, eval_dev,
+                                       cfg.show_progress)
+    return finish_run(model, cache, data, cfg, metric, best_epoch, history, seconds, device, out_dir)
 
 
 def environment() -> dict:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ._common import add_train_args, csv_list, pooler_list, train_config
 
