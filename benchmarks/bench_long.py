@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing as mp
 import os
 import platform
 import resource
@@ -56,6 +55,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from _fork import run_forked
 
 
 @dataclass
@@ -153,28 +153,10 @@ def measure(path: str, length: int, s: Setup, backward: bool, repeats: int) -> d
     return out
 
 
-def _child(conn, kwargs):
-    try:
-        conn.send(("ok", measure(**kwargs)))
-    except BaseException as e:  # report, don't hang the parent
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-    finally:
-        conn.close()
-
-
 def isolated(**kwargs) -> dict:
-    ctx = mp.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, kwargs))
-    proc.start()
-    send.close()
-    try:
-        status, payload = recv.recv()
-    except EOFError:  # killed (out of memory?) before it could answer
-        status, payload = "error", "child died"
-    proc.join()
+    status, payload, code = run_forked(measure, **kwargs)
     if status != "ok":
-        return {"path": kwargs["path"], "L": kwargs["length"], "error": f"{payload} (exit code {proc.exitcode})"}
+        return {"path": kwargs["path"], "L": kwargs["length"], "error": f"{payload} (exit code {code})"}
     return payload
 
 

@@ -55,7 +55,6 @@ end to end, inside this shared machine's run-to-run noise, so ``gnn.make_conv`` 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import platform
 import resource
@@ -64,6 +63,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
+from _fork import run_forked
 
 
 @dataclass
@@ -212,24 +212,9 @@ def measure_times(methods: list[str], conv: str, tau: float, s: Sizes, device: s
                 "fwd_bwd_ms": statistics.median(t["fwd_bwd"]) if t["fwd_bwd"] else None} for m, t in times.items()}
 
 
-def _child(conn, kwargs):
-    try:
-        conn.send(("ok", measure_memory(**kwargs)))
-    except BaseException as e:  # report, don't hang the parent
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-    finally:
-        conn.close()
-
-
 def memory_isolated(**kwargs) -> dict:
     """``measure_memory`` in a forked child, so its RSS high-water mark belongs to this configuration alone."""
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, kwargs))
-    proc.start()
-    child.close()
-    status, payload = parent.recv()
-    proc.join()
+    status, payload, _ = run_forked(measure_memory, **kwargs)
     if status != "ok":
         raise RuntimeError(f"benchmark child failed for {kwargs['method']}/{kwargs['conv']}/{kwargs['tau']}: "
                            f"{payload}")

@@ -6,6 +6,22 @@ import argparse
 from ..train import TrainConfig
 
 
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    """A preset task, or local data files: the same arguments for every command that trains."""
+    p.add_argument("--task", default=None, help="preset: pang-lee, snli, or a GLUE task (cola, sst2, stsb, ...)")
+    p.add_argument("--data-dir", default=None, help="folder of fetched corpora (default $GLOTPOOL_DATA or ./data)")
+    g = p.add_argument_group("local data files (instead of --task)")
+    g.add_argument("--train", dest="train_file")
+    g.add_argument("--dev", dest="dev_file", help="default: 10%% of --train")
+    g.add_argument("--test", dest="test_file")
+    g.add_argument("--data", dest="data_file", help="one file, split 80/10/10 (seeded)")
+    g.add_argument("--task-type", default="single", choices=["single", "pair", "sts", "retrieval"])
+    g.add_argument("--text-col", default="text")
+    g.add_argument("--text-col-2", default=None)
+    g.add_argument("--label-col", default="label")
+    g.add_argument("--score-col", default=None, help="sts: the score column (instead of --label-col)")
+
+
 def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=defaults.epochs)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_train_args, csv_list, pooler_list, train_config
+from ._common import add_task_args, add_train_args, csv_list, pooler_list, train_config
 
 
 def register(subparsers) -> None:
@@ -14,18 +14,7 @@ def register(subparsers) -> None:
                               description="Cache the task's texts once, train each pooler (same head, budget, "
                                           "seeds) and write results.json, results.md and comparison.png.")
     p.add_argument("--backbone", default="minilm")
-    p.add_argument("--task", default=None, help="preset: pang-lee, snli, or a GLUE task (cola, sst2, stsb, ...)")
-    p.add_argument("--data-dir", default=None, help="folder of fetched corpora (default $GLOTPOOL_DATA or ./data)")
-    g = p.add_argument_group("local data files (instead of --task)")
-    g.add_argument("--train", dest="train_file")
-    g.add_argument("--dev", dest="dev_file")
-    g.add_argument("--test", dest="test_file")
-    g.add_argument("--data", dest="data_file", help="one file, split 80/10/10 (seeded)")
-    g.add_argument("--task-type", default="single", choices=["single", "pair", "sts", "retrieval"])
-    g.add_argument("--text-col", default="text")
-    g.add_argument("--text-col-2", default=None)
-    g.add_argument("--label-col", default="label")
-    g.add_argument("--score-col", default=None)
+    add_task_args(p)
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<task>)")
     p.add_argument("--poolers", type=pooler_list, default=DEFAULT_POOLERS)
     p.add_argument("--seeds", type=csv_list(int), default=d.seeds)

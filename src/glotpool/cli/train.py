@@ -11,7 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ._common import add_train_args, train_config
+from ._common import add_task_args, add_train_args, train_config
 
 
 def register(subparsers) -> None:
@@ -22,18 +22,7 @@ def register(subparsers) -> None:
                               description="Cache the task's texts with the frozen backbone, train the pooler and "
                                           "task head (best dev epoch kept), save OUT/model and print the metrics.")
     p.add_argument("--backbone", default="minilm", help="preset (minilm, smollm2), hub id or model folder")
-    p.add_argument("--task", default=None, help="preset: pang-lee, snli, or a GLUE task (cola, sst2, stsb, ...)")
-    p.add_argument("--data-dir", default=None, help="folder of fetched corpora (default $GLOTPOOL_DATA or ./data)")
-    g = p.add_argument_group("local data files (instead of --task)")
-    g.add_argument("--train", dest="train_file")
-    g.add_argument("--dev", dest="dev_file", help="default: 10%% of --train")
-    g.add_argument("--test", dest="test_file")
-    g.add_argument("--data", dest="data_file", help="one file, split 80/10/10 (seeded)")
-    g.add_argument("--task-type", default="single", choices=["single", "pair", "sts", "retrieval"])
-    g.add_argument("--text-col", default="text")
-    g.add_argument("--text-col-2", default=None)
-    g.add_argument("--label-col", default="label")
-    g.add_argument("--score-col", default=None, help="sts: the score column (instead of --label-col)")
+    add_task_args(p)
     p.add_argument("--pooler", default="glot", help="pooler spec, e.g. glot, glot:conv=gcn,tau=0.4, adapool, mean")
     p.add_argument("--out", required=True, help="output folder (cache/, run/, model/)")
     p.add_argument("--seed", type=int, default=0, help="pooler init and batch order")
