@@ -55,7 +55,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from _fork import run_forked
+from _common import fwd, fwd_bwd, run_forked
 
 
 @dataclass
@@ -111,23 +111,13 @@ def _build(path: str, s: Setup):
                        sparse=path == "sparse", chunk_size=s.chunk_size)
 
 
-def _fwd(pool, h, mask):
-    with torch.no_grad():
-        pool(h, mask)
-
-
-def _fwd_bwd(pool, h, mask):
-    pool.zero_grad(set_to_none=True)
-    pool(h, mask).pow(2).sum().backward()
-
-
 def measure(path: str, length: int, s: Setup, backward: bool, repeats: int) -> dict:
     torch.set_num_threads(s.threads)
     pool = _build(path, s)
     h, mask = make_inputs(s, length)
     small_h, small_mask = make_inputs(s, 16)
-    _fwd(pool, small_h, small_mask)  # first-call costs (kernels, thread pools) are not the length's
-    _fwd_bwd(pool, small_h, small_mask)
+    fwd(pool, small_h, small_mask)  # first-call costs (kernels, thread pools) are not the length's
+    fwd_bwd(pool, small_h, small_mask)
 
     def peak(fn) -> float:
         exact = _reset_peak()
@@ -136,11 +126,11 @@ def measure(path: str, length: int, s: Setup, backward: bool, repeats: int) -> d
         hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return max(0, hwm - base) / 1024 if exact or hwm > base else 0.0
 
-    out = {"path": path, "L": length, "peak_fwd_mib": peak(_fwd), "peak_fwd_bwd_mib": None,
+    out = {"path": path, "L": length, "peak_fwd_mib": peak(fwd), "peak_fwd_bwd_mib": None,
            "fwd_ms": None, "fwd_bwd_ms": None, "edges_per_token": None}
     if backward:
-        out["peak_fwd_bwd_mib"] = peak(_fwd_bwd)
-    for key, fn, on in (("fwd_ms", _fwd, True), ("fwd_bwd_ms", _fwd_bwd, backward)):
+        out["peak_fwd_bwd_mib"] = peak(fwd_bwd)
+    for key, fn, on in (("fwd_ms", fwd, True), ("fwd_bwd_ms", fwd_bwd, backward)):
         if on:
             times = []
             for _ in range(repeats):

@@ -63,7 +63,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
-from _fork import run_forked
+from _common import fwd, fwd_bwd, run_forked
 
 
 @dataclass
@@ -143,16 +143,6 @@ def _trainable(pool) -> bool:
     return any(p.requires_grad for p in pool.parameters())
 
 
-def _fwd(pool, h, mask):
-    with torch.no_grad():
-        pool(h, mask)
-
-
-def _fwd_bwd(pool, h, mask):
-    pool.zero_grad(set_to_none=True)
-    pool(h, mask).pow(2).sum().backward()
-
-
 def _sync(device: str):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -182,8 +172,8 @@ def measure_memory(method: str, conv: str, tau: float, s: Sizes, device: str, th
     if method != "mean":
         m = mask.bool()
         out["edges_per_token"] = float(edges_per_token(build_graph(h, m, tau=tau), m).mean())
-    out["peak_fwd_mib"] = peak(_fwd)
-    out["peak_fwd_bwd_mib"] = peak(_fwd_bwd) if _trainable(pool) else None
+    out["peak_fwd_mib"] = peak(fwd)
+    out["peak_fwd_bwd_mib"] = peak(fwd_bwd) if _trainable(pool) else None
     if not device.startswith("cuda") and out["peak_fwd_bwd_mib"] is not None:
         out["peak_fwd_bwd_mib"] = max(out["peak_fwd_bwd_mib"], out["peak_fwd_mib"])  # ru_maxrss is monotone
     return out
@@ -198,7 +188,7 @@ def measure_times(methods: list[str], conv: str, tau: float, s: Sizes, device: s
     pools = {m: _build(m, conv, tau, s).to(device) for m in methods}
     times = {m: {"fwd": [], "fwd_bwd": []} for m in methods}
     for i in range(warmup + repeats):
-        for kind, fn in (("fwd", _fwd), ("fwd_bwd", _fwd_bwd)):
+        for kind, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
             for m, pool in pools.items():
                 if kind == "fwd_bwd" and not _trainable(pool):
                     continue

@@ -3,6 +3,7 @@ per-sentence formulation (the shared invariance / persistence / error tests live
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -10,26 +11,10 @@ import torch.nn.functional as F
 
 from glotpool import build_pooler, count_parameters, load_pooler
 from glotpool.graph import GRAPH_RULES, build_graph, edges_per_token
+from pooler_helpers import D, make
+from pooler_helpers import make_batch as _make_batch
 
-D = 24
-
-
-def make_batch(lengths, L=None, D=D, seed=0, left_pad=False, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    L = L or max(lengths)
-    h = torch.randn(len(lengths), L, D, generator=g, dtype=dtype)
-    mask = torch.zeros(len(lengths), L, dtype=torch.long)
-    for b, n in enumerate(lengths):
-        if left_pad:
-            mask[b, L - n:] = 1
-        else:
-            mask[b, :n] = 1
-    return h, mask
-
-
-def make(name, seed=0, **kw):
-    torch.manual_seed(seed)
-    return build_pooler(name, in_dim=D, **kw).double()
+make_batch = partial(_make_batch, dtype=torch.float64)  # these checks compare against float64 hand formulas
 
 
 def real_tokens(h, mask):

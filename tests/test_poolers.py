@@ -12,30 +12,12 @@ from glotpool import GLOTPooling, build_pooler, load_pooler
 from glotpool.graph import build_graph, edges_per_token, graph_density
 from glotpool.poolers import POOLERS
 from glotpool.reference import PerSentenceGLOT, threshold_edge_index
+from pooler_helpers import D, make, make_batch
 
-D = 24
 ALL = sorted(POOLERS)
 LEARNED = ["adapool", "glot", "latent_attention", "pma", "mlp_attention"]
 # every pooler except the position-dependent ones (cls, last, weighted_mean)
 PERMUTATION_INVARIANT = ["mean", "max", "adapool", "glot", "latent_attention", "pma", "mlp_attention"]
-
-
-def make_batch(lengths, L=None, D=D, seed=0, left_pad=False):
-    g = torch.Generator().manual_seed(seed)
-    L = L or max(lengths)
-    h = torch.randn(len(lengths), L, D, generator=g)
-    mask = torch.zeros(len(lengths), L, dtype=torch.long)
-    for b, n in enumerate(lengths):
-        if left_pad:
-            mask[b, L - n:] = 1
-        else:
-            mask[b, :n] = 1
-    return h, mask
-
-
-def make(name, seed=0, **kw):
-    torch.manual_seed(seed)
-    return build_pooler(name, in_dim=D, **kw).double()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,21 @@
-"""Run one benchmark configuration in a forked child, so its RSS high-water mark belongs to it alone."""
+"""Shared benchmark pieces: the timed steps, and running a configuration in a forked child (own RSS peak)."""
 from __future__ import annotations
 
 import multiprocessing as mp
+
+import torch
+
+
+def fwd(pool, h, mask):
+    """Inference forward (no autograd graph)."""
+    with torch.no_grad():
+        pool(h, mask)
+
+
+def fwd_bwd(pool, h, mask):
+    """A training step's forward + backward of ``z.pow(2).sum()`` w.r.t. the pooler's parameters."""
+    pool.zero_grad(set_to_none=True)
+    pool(h, mask).pow(2).sum().backward()
 
 
 def _child(conn, fn, kwargs):
