@@ -6,7 +6,7 @@ Measured side by side in one run:
 2. caching overhead: ``build_cache`` wall time vs the backbone forwards alone on the same length-sorted,
    pre-tokenized batches (target <= 10 %);
 3. read side: ``TokenCache.batch`` over a shuffled epoch vs a GLOT forward+backward on the same batches
-   (falls back to mean pooling if ``glotpool.poolers`` is missing) -> is a training epoch I/O-bound?
+   (falls back to mean pooling if ``glotpool.pooling`` is missing) -> is a training epoch I/O-bound?
 
     python benchmarks/bench_cache.py [--n 512] [--batch-size 32] [--repeats 3] [--threads 1]
 """
@@ -24,8 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from glotpool.backbone import length_sorted_batches, load_backbone, token_lengths  # noqa: E402
-from glotpool.cache import build_cache  # noqa: E402
+from glotpool.states.backbone import length_sorted_batches, load_backbone, token_lengths  # noqa: E402
+from glotpool.states.cache import build_cache  # noqa: E402
 
 WORDS = ("the a this that film movie story plot actor actress director scene music score camera script "
          "is was feels seems looks remains becomes never always often rarely quite very truly almost too "
@@ -107,7 +107,7 @@ def main() -> None:
             t, fwd, cache_dir = time_build(bb, texts, args.batch_size, root)
             built.append(t)
             extra.append(t - fwd)  # everything build_cache does besides the forwards
-        from glotpool.cache import open_cache
+        from glotpool.states.cache import open_cache
         cache = open_cache(cache_dir)
 
         # 1. bytes on disk
@@ -134,7 +134,7 @@ def main() -> None:
 
         # 3. read side vs pooler training step
         try:
-            from glotpool.poolers import build_pooler
+            from glotpool.pooling import build_pooler
             pooler, pname = build_pooler("glot", in_dim=bb.dim), "GLOT"
             out_dim = pooler.out_dim
         except ImportError:

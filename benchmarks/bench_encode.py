@@ -75,9 +75,9 @@ def timed(fn, device, repeats: int, warmup: int) -> list[float]:
 
 
 def bench_backbone(name: str, batch: int, repeats: int, warmup: int, device: str) -> dict:
-    from glotpool.backbone import load_backbone
+    from glotpool.states.backbone import load_backbone
     from glotpool.encoder import Encoder
-    from glotpool.poolers import build_pooler
+    from glotpool.pooling import build_pooler
 
     t0 = time.perf_counter()
     bb = load_backbone(name, device=device)

@@ -8,7 +8,7 @@ Paths
 -----
 ``dense``   :class:`glotpool.GLOTPooling` with ``sparse=False``: graph ``A [B, L, L]`` + PyG dense convs.
 ``sparse``  the same module (same weights) with ``sparse=True``: chunked neighbour search (``chunk_size`` query rows
-            against all keys, O(chunk·L)) → batched ``edge_index`` → message passing (:mod:`glotpool.sparse`).
+            against all keys, O(chunk·L)) → batched ``edge_index`` → message passing (:mod:`glotpool.pooling.sparse`).
 
 Measurements
 ------------
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     s = Setup(batch=a.batch, dim=a.dim, k=a.k, conv=a.conv, hidden=a.hidden, layers=a.layers,
               chunk_size=a.chunk_size, threads=a.threads)
 
-    import glotpool.poolers  # noqa: F401  (imported once here, before forking: children inherit it)
+    import glotpool.pooling  # noqa: F401  (imported once here, before forking: children inherit it)
     from glotpool.io_utils import atomic_write_json
 
     print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "

@@ -7,7 +7,7 @@
 Methods
 -------
 ``dense``         :class:`glotpool.GLOTPooling`: one padded ``[B, L, L]`` graph per batch, PyG dense layers.
-``per_sentence``  :class:`glotpool.reference.PerSentenceGLOT`: a Python loop building one PyG ``edge_index`` graph
+``per_sentence``  :class:`reference.PerSentenceGLOT`: a Python loop building one PyG ``edge_index`` graph
                   per sentence and running PyG's sparse layers (what the paper's code does). Same weights.
 ``mean``          mean pooling (no parameters: forward only).
 
@@ -62,8 +62,14 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 
+import sys
+from pathlib import Path
+
 import torch
 from _common import fwd, fwd_bwd, run_forked
+
+# the independent per-sentence formulation is a test oracle: it lives in tests/, not in the library
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 @dataclass
@@ -130,7 +136,7 @@ def _rss_kib() -> int:
 def _build(method: str, conv: str, tau: float, s: Sizes) -> torch.nn.Module:
     """The pooler of ``method``; dense and per-sentence built from the same seed hold the same weights."""
     from glotpool import build_pooler
-    from glotpool.reference import PerSentenceGLOT
+    from reference import PerSentenceGLOT
 
     torch.manual_seed(s.seed)
     if method == "mean":
@@ -150,7 +156,7 @@ def _sync(device: str):
 
 def measure_memory(method: str, conv: str, tau: float, s: Sizes, device: str, threads: int) -> dict:
     """Peak memory (MiB) of the first fwd and the first fwd+bwd of one pooler, plus the graph's edges per token."""
-    from glotpool.graph import build_graph, edges_per_token
+    from glotpool.pooling.graph import build_graph, edges_per_token
 
     torch.set_num_threads(threads)
     h, mask = (t.to(device) for t in make_inputs(s))
@@ -288,8 +294,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     torch.set_num_threads(a.threads)
     # import glotpool + PyG (seconds) once, after the arguments are checked and before forking: children inherit it
-    import glotpool.poolers  # noqa: F401
-    import glotpool.reference  # noqa: F401
+    import glotpool.pooling  # noqa: F401
+    import reference  # noqa: F401
     from glotpool.io_utils import atomic_write_json
 
     print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "

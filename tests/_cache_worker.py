@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 
-import glotpool.cache as cache_mod
-from glotpool.backbone import load_backbone
+import glotpool.states.cache as cache_mod
+from glotpool.states.backbone import load_backbone
 
 out_dir, kill_after, batch_size, shard_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 texts = json.load(sys.stdin)

@@ -20,6 +20,6 @@ def glotpool_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def minilm(glotpool_home):
-    from glotpool.backbone import load_backbone
+    from glotpool.states.backbone import load_backbone
 
     return load_backbone("minilm")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from glotpool import build_pooler, count_parameters, load_pooler
-from glotpool.graph import GRAPH_RULES, build_graph, edges_per_token
+from glotpool.pooling.graph import GRAPH_RULES, build_graph, edges_per_token
 from pooler_helpers import D, make
 from pooler_helpers import make_batch as _make_batch
 

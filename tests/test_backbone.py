@@ -7,8 +7,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from glotpool import backbone as bbmod  # noqa: E402
-from glotpool.backbone import iter_encoded, length_sorted_batches, load_backbone, token_lengths  # noqa: E402
+import glotpool.states.backbone as bbmod  # noqa: E402
+from glotpool.states.backbone import iter_encoded, length_sorted_batches, load_backbone, token_lengths  # noqa: E402
 
 SENTS = ["a cat .", "the quick brown fox jumps over the lazy dog near the river bank .",
          "i loved this movie , the acting was superb and the plot kept me guessing until the end .",

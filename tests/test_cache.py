@@ -13,8 +13,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from glotpool.backbone import load_backbone, token_lengths  # noqa: E402
-from glotpool.cache import TokenCache, build_cache, cache_key, open_cache, plan_shards  # noqa: E402
+from glotpool.states.backbone import load_backbone, token_lengths  # noqa: E402
+from glotpool.states.cache import TokenCache, build_cache, cache_key, open_cache, plan_shards  # noqa: E402
 
 _SUBJ = ["the movie", "this film", "a quiet story", "the cast", "its second half", "the soundtrack",
          "an old man", "the director"]

@@ -11,7 +11,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import glotpool.backbone as bbmod  # noqa: E402
+import glotpool.states.backbone as bbmod  # noqa: E402
 import glotpool.cli as cli  # noqa: E402
 from glotpool.encoder import Encoder  # noqa: E402
 
@@ -177,8 +177,8 @@ def test_user_errors_exit_2_with_a_clear_message_and_no_output(model, table, tmp
 
 @pytest.mark.slow
 def test_predict_sts_model_on_tsv_pairs(env, tmp_path, capsys):
-    from glotpool.poolers import build_pooler
-    from glotpool.tasks import build_head
+    from glotpool.pooling import build_pooler
+    from glotpool.training.heads import build_head
 
     bb = bbmod.load_backbone("minilm")  # the module's cached one
     Encoder(bb, build_pooler("mean", in_dim=bb.dim), build_head("sts", bb.dim),

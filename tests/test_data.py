@@ -8,10 +8,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from glotpool import fetch  # noqa: E402
+from glotpool.data import fetch  # noqa: E402
 from glotpool.data import (  # noqa: E402
     PRESETS,
-    DataSpec,
+    TaskSource,
     TextDataset,
     encode_labels,
     load_hf_dataset,
@@ -118,10 +118,17 @@ def test_empty_files_and_bad_paths(tmp_path):
     assert read_table(write(tmp_path / "x.txt", "text|l\na|b\n"), delimiter="|", label_col="l").labels == ["b"]
 
 
-def test_dataspec_and_dataset_validation(tmp_path):
-    p = write(tmp_path / "a.csv", "t,y\na,1\nb,2\n")
-    ds = DataSpec(str(p), text_col="t", label_col="y").read()
-    assert ds.texts == ["a", "b"] and ds.subset([1]).labels == ["2"]
+def test_task_source_and_dataset_validation(tmp_path):
+    p = write(tmp_path / "a.csv", "t,y\n" + "".join(f"s{i},{i % 2}\n" for i in range(20)))
+    task = TaskSource(task=None, data_file=str(p), text_col="t", label_col="y").load()
+    assert task.name == "a" and task.task_type == "single" and sorted(task.splits) == ["dev", "test", "train"]
+    assert sorted(t for ds in task.splits.values() for t in ds.texts) == sorted(f"s{i}" for i in range(20))
+    ds = task.splits["train"]
+    assert ds.subset([1]).labels == [ds.labels[1]]
+    with pytest.raises(ValueError, match="unknown task"):
+        TaskSource(task="nope").load()
+    with pytest.raises(ValueError, match="--score-col is for --task-type sts"):
+        TaskSource(task=None, data_file=str(p), text_col="t", score_col="y").load()
     with pytest.raises(ValueError, match="parallel"):
         TextDataset(["a", "b"], labels=[1])
 

@@ -10,12 +10,11 @@ import torch.multiprocessing as mp
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from glotpool.cache import build_cache, open_cache  # noqa: E402
-from glotpool.distributed import (build_cache_distributed, iter_texts_streaming, local_rows,  # noqa: E402
-                                  merge_cache, resolve_rank, train_pooler_ddp)
+from glotpool.states.cache import (build_cache, build_cache_distributed, iter_texts_streaming,  # noqa: E402
+                                   merge_cache, open_cache, resolve_rank)
 from glotpool.io_utils import atomic_write_json  # noqa: E402
 
-# glotpool.train (-> torch_geometric, ~5 s to import) is imported inside the training tests only, so that the
+# glotpool.training.trainer (-> torch_geometric, ~5 s to import) is imported inside the training tests only, so that the
 # spawned caching ranks, which re-import this module, start faster.
 
 _A = ["a dog", "the old man", "this film", "my neighbour's cat", "the committee"]
@@ -45,7 +44,7 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bb(home):
-    from glotpool.backbone import load_backbone
+    from glotpool.states.backbone import load_backbone
     with pytest.MonkeyPatch.context() as m:
         m.setenv("GLOTPOOL_HOME", home)
         yield load_backbone("minilm")
@@ -67,7 +66,7 @@ def single(bb, tmp_path_factory):
 def _cache_worker(rank, world, store, out, home):
     os.environ["GLOTPOOL_HOME"] = home
     _init(rank, world, store)
-    from glotpool.backbone import load_backbone
+    from glotpool.states.backbone import load_backbone
     cache = build_cache_distributed(load_backbone("minilm"), TEXTS, out, **KW)
     assert cache is not None and len(cache) == len(TEXTS)
     torch.distributed.destroy_process_group()
@@ -116,6 +115,8 @@ def test_rank_mode_without_process_group_resumes_then_merges(bb, single, tmp_pat
 
 
 def test_resolve_rank_and_local_rows(monkeypatch):
+    from glotpool.training.ddp import local_rows
+
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert resolve_rank() == (0, 1)
@@ -148,7 +149,7 @@ def test_iter_texts_streaming_splits_disjointly(tmp_path):
 
 def _synthetic_cache(path: Path, n: int = 90, dim: int = 16, seed: int = 0) -> None:
     """A valid cache folder without a backbone: one float32 shard of random token states, ragged lengths 2..11."""
-    from glotpool.cache import FORMAT, VERSION, _write_shard
+    from glotpool.states.cache import FORMAT, VERSION, _write_shard
 
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(2, 12, (n,), generator=g).tolist()
@@ -164,7 +165,7 @@ def _synthetic_cache(path: Path, n: int = 90, dim: int = 16, seed: int = 0) -> N
 
 
 def _synthetic_data(task: str, n: int):
-    from glotpool.train import CachedSplit, CachedSplits
+    from glotpool.training.trainer import CachedSplit, CachedSplits
 
     rng = np.random.default_rng(1)
     tr, dv = np.arange(0, 61), np.arange(61, 81)  # 61 train rows: batches of 8 end with a 5-row batch
@@ -184,9 +185,10 @@ CASES = [  # (task, pooler, options, class_weights, batch_size): uneven last bat
 
 
 def _train(cache, task, pooler_name, opts, class_weights, batch_size, ddp: bool, out_dir=None):
-    from glotpool.poolers import build_pooler
-    from glotpool.tasks import build_head
-    from glotpool.train import TrainConfig, seed_everything, train_pooler
+    from glotpool.pooling import build_pooler
+    from glotpool.training.heads import build_head
+    from glotpool.training.ddp import train_pooler_ddp
+    from glotpool.training.trainer import TrainConfig, seed_everything, train_pooler
 
     data = _synthetic_data(task, len(cache))
     seed_everything(0)
@@ -238,10 +240,10 @@ def test_ddp_training_matches_single_process(tmp_path):
 
 
 def _train_init(j: int) -> dict:
-    from glotpool.poolers import build_pooler
-    from glotpool.tasks import build_head
+    from glotpool.pooling import build_pooler
+    from glotpool.training.heads import build_head
 
-    from glotpool.train import seed_everything
+    from glotpool.training.trainer import seed_everything
 
     task, name, opts, _, _ = CASES[j]
     seed_everything(0)
@@ -252,14 +254,17 @@ def _train_init(j: int) -> dict:
 
 
 def test_cli_train_without_launcher_falls_back_to_one_process(tmp_path, monkeypatch):
-    from glotpool.distributed import main
+    from glotpool.cli import main as glotpool_main
+
+    def main(argv):
+        return glotpool_main(["dist", *argv])
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     _synthetic_cache(tmp_path / "syn")
     rows = "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(60))
     (tmp_path / "d.csv").write_text("text,label\n" + rows)
-    argv = ["train", "--cache", str(tmp_path / "syn"), "--single", str(tmp_path / "d.csv"), "--label-col", "label",
+    argv = ["train", "--cache", str(tmp_path / "syn"), "--data", str(tmp_path / "d.csv"), "--label-col", "label",
             "--pooler", "adapool", "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "run"), "--quiet"]
     assert main(argv) == 0
     rec = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from glotpool.efficiency import BenchConfig, _batches, lora_targets, summarize, tiny_config
+from glotpool.experiments.efficiency import BenchConfig, _batches, lora_targets, summarize, tiny_config
 
 DATA = Path(__file__).parent / "data"
 

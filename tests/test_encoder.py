@@ -9,10 +9,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from glotpool.backbone import load_backbone  # noqa: E402
+from glotpool.states.backbone import load_backbone  # noqa: E402
 from glotpool.encoder import Encoder  # noqa: E402
-from glotpool.poolers import build_pooler  # noqa: E402
-from glotpool.tasks import build_head  # noqa: E402
+from glotpool.pooling import build_pooler  # noqa: E402
+from glotpool.training.heads import build_head  # noqa: E402
 
 SENTS = ["a cat .", "the quick brown fox jumps over the lazy dog near the river bank .",
          "i loved this movie , the acting was superb and the plot kept me guessing until the end .",

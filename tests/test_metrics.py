@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from glotpool.metrics import (
+from glotpool.training.metrics import (
     METRIC_HIGHER_IS_BETTER,
     accuracy,
     compute_metrics,
@@ -141,5 +141,5 @@ def test_compute_metrics():
     assert ret["mrr@10"] == pytest.approx(0.5) and ret["recall@1"] == 0.0
     for d in (out, sts, ret):
         assert set(d) <= set(METRIC_HIGHER_IS_BETTER)
-    with pytest.raises(ValueError, match="task_type"):
+    with pytest.raises(ValueError, match="unknown task type"):
         compute_metrics("regression", P, G)

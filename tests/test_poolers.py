@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from glotpool import GLOTPooling, build_pooler, load_pooler
-from glotpool.graph import build_graph, edges_per_token, graph_density
-from glotpool.poolers import POOLERS
-from glotpool.reference import PerSentenceGLOT, threshold_edge_index
+from glotpool.pooling.graph import build_graph, edges_per_token, graph_density
+from glotpool.pooling import POOLERS
+from reference import PerSentenceGLOT, threshold_edge_index
 from pooler_helpers import D, make, make_batch
 
 ALL = sorted(POOLERS)
@@ -282,7 +282,7 @@ def test_load_errors(tmp_path):
 
 
 def test_tau_for_density_hits_the_target_density():
-    from glotpool.graph import tau_for_density
+    from glotpool.pooling.graph import tau_for_density
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(8, 30, D, generator=g) + 3.0  # anisotropic: a fixed tau would keep almost every pair

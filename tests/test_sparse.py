@@ -1,4 +1,4 @@
-"""Sparse GLOT path (glotpool.sparse): same graph and same pooling as the dense path, without L×L memory."""
+"""Sparse GLOT path (glotpool.pooling.sparse): same graph and same pooling as the dense path, without L×L memory."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from glotpool import GLOTPooling, load_pooler
-from glotpool.graph import build_graph
-from glotpool.sparse import chunked_edge_index, edge_index_to_dense, pack, unpack
+from glotpool.pooling.graph import build_graph
+from glotpool.pooling.sparse import chunked_edge_index, edge_index_to_dense, pack, unpack
 
 D = 24
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_long.py"
@@ -181,7 +181,7 @@ def test_auto_switches_on_length(monkeypatch):
     short, short_mask = make_batch([10, 4], L=10)
     long, long_mask = make_batch([11, 4], L=11)
     z_short = pool(short, short_mask)
-    import glotpool.poolers as poolers
+    import glotpool.pooling.glot as poolers
 
     def no_dense(*a, **k):
         raise AssertionError("the dense graph builder must not run on the sparse path")

@@ -6,15 +6,17 @@ import json
 import pytest
 from PIL import Image
 
-from glotpool.stress import StressSettings, run_stress, split_by_pair
-from glotpool.stressgen import StressConfig, make_stress_split
+from glotpool.data.stressgen import StressConfig, make_stress_split, stress_splits
+from glotpool.experiments.stress import StressSettings, run_stress
 
 
 def test_dev_split_keeps_twins_together():
     ex = make_stress_split(StressConfig(ratio=0.5, length=20), 40, seed=0)
-    train, dev = split_by_pair(ex, 0.25, seed=1)
-    assert len(dev) == 10 and len(train) == 30
-    assert not {e.pair_id for e in train} & {e.pair_id for e in dev}
+    splits = stress_splits({"train": ex, "eval": ex[:4]}, 0.25, seed=1)
+    train, dev = splits["train"], splits["dev"]
+    assert len(dev) == 10 and len(train) == 30 and len(splits["test"]) == 4
+    pair_of = {e.text: e.pair_id for e in ex}
+    assert not {pair_of[t] for t in train.texts} & {pair_of[t] for t in dev.texts}
 
 
 @pytest.mark.slow

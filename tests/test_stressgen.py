@@ -1,4 +1,4 @@
-"""Tests for the synthetic negation stress-test generator (glotpool.stressgen)."""
+"""Tests for the synthetic negation stress-test generator (glotpool.data.stressgen)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glotpool.stressgen import (
+from glotpool.data.stressgen import (
     CONTEXTS,
     NEGATION_LIKE,
     NEGATION_WORDS,

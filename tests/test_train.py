@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from glotpool.data import TextDataset, read_table, split_dataset
-from glotpool.experiment import PoolerSpec, run_one
-from glotpool.tasks import build_head
-from glotpool.train import TrainConfig, length_bucketed_batches, prepare_splits, train_pooler
+from glotpool.experiments.runs import PoolerSpec, run_one
+from glotpool.training.heads import build_head
+from glotpool.training.trainer import TrainConfig, length_bucketed_batches, prepare_splits, train_pooler
 
 DATA = Path(__file__).parent / "data"
 
@@ -49,7 +49,7 @@ def test_pair_features_and_head_round_trip(tmp_path):
     feats = head.features(z1, z2)
     torch.testing.assert_close(feats, torch.cat([z1, z2, (z1 - z2).abs(), z1 * z2], -1))
     head.save_pretrained(tmp_path / "h")
-    from glotpool.tasks import TaskHead
+    from glotpool.training.heads import TaskHead
 
     again = TaskHead.from_pretrained(tmp_path / "h")
     assert torch.equal(again(z1, z2), head(z1, z2))
@@ -86,7 +86,7 @@ def test_pooler_spec_parsing():
 
 @pytest.fixture(scope="module")
 def pang_lee_cache(minilm, tmp_path_factory):
-    from glotpool.cache import build_cache
+    from glotpool.states.cache import build_cache
 
     # 600 real movie-review sentences (300 per polarity), disjoint from sentences.csv
     ds = read_table(DATA / "pang-lee" / "sentences-600.csv", text_col="text", label_col="label")
@@ -122,7 +122,7 @@ def test_finished_runs_are_reused_not_retrained(pang_lee_cache, tmp_path, monkey
     def boom(*a, **k):
         raise AssertionError("retrained a finished run")
 
-    monkeypatch.setattr("glotpool.experiment.train_pooler", boom)
+    monkeypatch.setattr("glotpool.experiments.runs.train_pooler", boom)
     again = run_one(PoolerSpec.of("mean"), cache, data, cfg, seed=3, run_dir=tmp_path / "m")
     assert again == first
     with pytest.raises(AssertionError, match="retrained"):  # other settings -> a new run
@@ -177,9 +177,10 @@ def test_bad_splits_are_reported(pang_lee_cache):
 
 @pytest.mark.slow
 def test_compare_on_local_files(minilm, tmp_path):
-    from glotpool.compare import CompareSettings, run_compare
+    from glotpool.data import TaskSource
+    from glotpool.experiments.compare import CompareSettings, run_compare
 
-    settings = CompareSettings(task=None, data_file=str(DATA / "pang-lee" / "sentences.csv"),
+    settings = CompareSettings(source=TaskSource(task=None, data_file=str(DATA / "pang-lee" / "sentences.csv")),
                                poolers=("mean", "glot:hidden_dim=32"), seeds=(0, 1),
                                train=TrainConfig(epochs=2, show_progress=False), show_progress=False)
     result = run_compare(settings, tmp_path / "cmp", backbone=minilm)
@@ -194,7 +195,7 @@ def test_compare_on_local_files(minilm, tmp_path):
 
 
 def test_sweep_grid_parsing():
-    from glotpool.sweep import parse_grid
+    from glotpool.experiments.sweep import parse_grid
 
     assert parse_grid(["tau=0.0,0.2", "conv=gat,gcn", "layers=1,2"]) == {
         "tau": [0.0, 0.2], "conv": ["gat", "gcn"], "num_layers": [1, 2]}
@@ -206,10 +207,11 @@ def test_sweep_grid_parsing():
 def test_sweep_on_a_preset_reports_density_per_run(minilm, tmp_path, monkeypatch):
     import csv
 
-    from glotpool.sweep import SweepSettings, run_sweep
+    from glotpool.data import TaskSource
+    from glotpool.experiments.sweep import SweepSettings, run_sweep
 
     monkeypatch.setenv("GLOTPOOL_DATA", str(DATA))  # the shipped pang-lee fixture in the fetched-data layout
-    settings = SweepSettings(task="pang-lee", grid={"tau": [0.2, 0.8]}, base_options={"hidden_dim": 16},
+    settings = SweepSettings(source=TaskSource("pang-lee"), grid={"tau": [0.2, 0.8]}, base_options={"hidden_dim": 16},
                              seeds=(0, 1), train=TrainConfig(epochs=1, show_progress=False), show_progress=False)
     result = run_sweep(settings, tmp_path / "sw", backbone=minilm)
     assert len(result["rows"]) == 4

@@ -10,13 +10,13 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "POOLERS": "glotpool.poolers", "Pooler": "glotpool.poolers", "GLOTPooling": "glotpool.poolers",
-    "AdaPool": "glotpool.poolers", "MeanPooling": "glotpool.poolers", "MaxPooling": "glotpool.poolers",
-    "CLSPooling": "glotpool.poolers", "LastTokenPooling": "glotpool.poolers", "build_pooler": "glotpool.poolers",
-    "load_pooler": "glotpool.poolers", "register_pooler": "glotpool.poolers",
-    "available_poolers": "glotpool.poolers", "count_parameters": "glotpool.poolers",
-    "LatentAttentionPooling": "glotpool.attention_poolers", "PMAPooling": "glotpool.attention_poolers",
-    "WeightedMeanPooling": "glotpool.attention_poolers", "MLPAttentionPooling": "glotpool.attention_poolers",
+    "POOLERS": "glotpool.pooling", "Pooler": "glotpool.pooling", "GLOTPooling": "glotpool.pooling",
+    "AdaPool": "glotpool.pooling", "MeanPooling": "glotpool.pooling", "MaxPooling": "glotpool.pooling",
+    "CLSPooling": "glotpool.pooling", "LastTokenPooling": "glotpool.pooling", "build_pooler": "glotpool.pooling",
+    "load_pooler": "glotpool.pooling", "register_pooler": "glotpool.pooling",
+    "available_poolers": "glotpool.pooling", "count_parameters": "glotpool.pooling",
+    "LatentAttentionPooling": "glotpool.pooling", "PMAPooling": "glotpool.pooling",
+    "WeightedMeanPooling": "glotpool.pooling", "MLPAttentionPooling": "glotpool.pooling",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glotpool.backbone import DTYPES, Backbone, length_sorted_batches, load_backbone
+from glotpool.states.backbone import DTYPES, Backbone, length_sorted_batches, load_backbone
 from glotpool.io_utils import atomic_dir, atomic_write_json
-from glotpool.poolers import Pooler, load_pooler
-from glotpool.tasks import TaskHead
+from glotpool.pooling import Pooler, load_pooler
+from glotpool.training.heads import TaskHead
 
 FORMAT = "glotpool-encoder"
 FORMAT_VERSION = 1
@@ -273,7 +273,7 @@ class Encoder:
         return z if convert_to == "torch" else z.numpy()
 
     def _classifier(self) -> TaskHead:
-        if self.head is None or self.task_type not in ("single", "pair"):
+        if self.head is None or not self.head.is_classification:
             raise ValueError(f"this encoder has no classifier head (task type {self.task_type!r}); predict needs a "
                              f"model trained on a 'single' or 'pair' task; use encode() / similarity() instead")
         return self.head

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train import TrainConfig
+from glotpool.training.trainer import TrainConfig
 
 
 def add_task_args(p: argparse.ArgumentParser) -> None:
@@ -15,11 +15,48 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dev", dest="dev_file", help="default: 10%% of --train")
     g.add_argument("--test", dest="test_file")
     g.add_argument("--data", dest="data_file", help="one file, split 80/10/10 (seeded)")
-    g.add_argument("--task-type", default="single", choices=["single", "pair", "sts", "retrieval"])
+    g.add_argument("--task-type", default="single", choices=["single", "pair", "sts", "retrieval"],
+                   help="what the files hold (presets know their own)")
     g.add_argument("--text-col", default="text")
     g.add_argument("--text-col-2", default=None)
     g.add_argument("--label-col", default="label")
     g.add_argument("--score-col", default=None, help="sts: the score column (instead of --label-col)")
+
+
+def add_cache_dir_arg(p: argparse.ArgumentParser, default_help: str = "OUT/cache") -> None:
+    p.add_argument("--cache-dir", default=None,
+                   help=f"token-state cache folder (default {default_help}); share one between runs of a task")
+
+
+def task_source(args: argparse.Namespace):
+    """The :class:`~glotpool.data.TaskSource` named by :func:`add_task_args`' flags (+ --max-train, --data-seed)."""
+    from glotpool.data import TaskSource
+
+    return TaskSource(task=args.task, data_dir=args.data_dir, train_file=args.train_file, dev_file=args.dev_file,
+                      test_file=args.test_file, data_file=args.data_file, task_type=args.task_type,
+                      text_col=args.text_col, text_col_2=args.text_col_2, label_col=args.label_col,
+                      score_col=args.score_col, max_train=getattr(args, "max_train", None),
+                      data_seed=getattr(args, "data_seed", 0))
+
+
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    """What `glotpool cache` and `glotpool dist cache|merge` take: the data file, backbone and cache settings."""
+    from glotpool.states.cache import STORE_DTYPES
+
+    p.add_argument("--backbone", default="minilm", help="preset (minilm, smollm2), hub id or model folder")
+    p.add_argument("--data", required=True, help="CSV / TSV / JSONL file with a header")
+    p.add_argument("--out", required=True, help="cache folder to create (or reuse / resume)")
+    p.add_argument("--text-col", default="text", help="text column")
+    p.add_argument("--text-col-2", default=None, help="second text column of pair data (cached too)")
+    p.add_argument("--layer", type=int, default=-1, help="hidden layer (0 = embeddings, -1 = last)")
+    p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="float16", choices=sorted(STORE_DTYPES), help="storage dtype")
+    p.add_argument("--shard-tokens", type=int, default=1_000_000, help="tokens per shard file")
+    p.add_argument("--padding-side", choices=["left", "right"], default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace a cache built with other settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import csv_list
+from glotpool.cli._common import csv_list
 
 
 def register(subparsers) -> None:
-    from ..efficiency import METHODS, BenchConfig
+    from glotpool.experiments.efficiency import METHODS, BenchConfig
 
     d = BenchConfig()
     p = subparsers.add_parser(
@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..efficiency import BenchConfig, run_benchmark, tiny_config
+    from glotpool.experiments.efficiency import BenchConfig, run_benchmark, tiny_config
 
     fields = {"backbone": args.backbone, "task": args.task, "data_dir": args.data_dir, "n_train": args.n_train,
               "n_test": args.n_test, "steps": args.steps, "batch_size": args.batch_size, "epochs": args.epochs,

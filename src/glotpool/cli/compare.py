@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_task_args, add_train_args, csv_list, pooler_list, train_config
+from glotpool.cli._common import (add_cache_dir_arg, add_task_args, add_train_args, csv_list, pooler_list,
+                                  task_source, train_config)
 
 
 def register(subparsers) -> None:
-    from ..compare import DEFAULT_POOLERS, CompareSettings
+    from glotpool.experiments.compare import DEFAULT_POOLERS, CompareSettings
 
     d = CompareSettings()
     p = subparsers.add_parser("compare", help="train every pooler on a task and compare (table + bar chart)",
@@ -21,21 +22,19 @@ def register(subparsers) -> None:
     p.add_argument("--max-train", type=int, default=None, help="subsample train (seeded, stratified)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--layer", type=int, default=-1)
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the train/dev/test split")
+    add_cache_dir_arg(p)
     p.add_argument("--quiet", action="store_true")
     add_train_args(p, d.train)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import CompareSettings, run_compare
+    from glotpool.experiments.compare import CompareSettings, run_compare
 
-    settings = CompareSettings(backbone=args.backbone, task=args.task, data_dir=args.data_dir,
-                               train_file=args.train_file, dev_file=args.dev_file, test_file=args.test_file,
-                               data_file=args.data_file, task_type=args.task_type, text_col=args.text_col,
-                               text_col_2=args.text_col_2, label_col=args.label_col, score_col=args.score_col,
-                               poolers=args.poolers, seeds=args.seeds, train=train_config(args),
-                               max_train=args.max_train, max_length=args.max_length, layer=args.layer,
-                               show_progress=not args.quiet)
+    settings = CompareSettings(backbone=args.backbone, source=task_source(args), poolers=args.poolers,
+                               seeds=args.seeds, train=train_config(args), max_length=args.max_length,
+                               layer=args.layer, cache_dir=args.cache_dir, show_progress=not args.quiet)
     name = args.task or "local"
     out = args.out or f"runs/compare-{name}"
     run_compare(settings, out)

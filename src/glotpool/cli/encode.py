@@ -210,8 +210,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_encoder(args: argparse.Namespace):
-    from ..backbone import load_backbone
-    from ..encoder import CONFIG_NAME, Encoder
+    from glotpool.states.backbone import load_backbone
+    from glotpool.encoder import CONFIG_NAME, Encoder
 
     backbone = None
     if args.backbone:
@@ -264,7 +264,7 @@ def encode_table(encoder, input_path, out, text_col: str = "text", id_col: str |
     import torch
     from tqdm.auto import tqdm
 
-    from ..io_utils import atomic_path
+    from glotpool.io_utils import atomic_path
 
     out = Path(out)
     ext = _check_out(out, id_col)

@@ -26,16 +26,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..integrations.sentence_transformers import export_sentence_transformer
+    from glotpool.integrations.sentence_transformers import export_sentence_transformer
 
     if args.model is not None:
-        from ..encoder import Encoder
+        from glotpool.encoder import Encoder
 
         enc = Encoder.from_pretrained(args.model, device=args.device)
         backbone, pooler = enc.backbone, enc.pooler
     else:
-        from ..backbone import load_backbone
-        from ..poolers import load_pooler
+        from glotpool.states.backbone import load_backbone
+        from glotpool.pooling import load_pooler
 
         backbone = load_backbone(args.backbone, layer=args.layer, max_length=args.max_length, device=args.device)
         pooler = load_pooler(args.pooler)

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fetch import fetch_corpora
+    from glotpool.data.fetch import fetch_corpora
 
     for name, path in fetch_corpora(args.data_dir, only=args.only).items():
         print(f"{name}: {path}")

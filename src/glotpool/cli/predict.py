@@ -12,7 +12,7 @@ import csv
 import sys
 from pathlib import Path
 
-from .encode import TruncationTally, add_model_args, as_text, check_empty, iter_chunks, load_encoder, scan_table
+from glotpool.cli.encode import TruncationTally, add_model_args, as_text, check_empty, iter_chunks, load_encoder, scan_table
 
 
 def register(subparsers) -> None:
@@ -38,7 +38,7 @@ def predict_table(encoder, input_path, out, text_col: str = "text", text_col_2: 
     import torch
     from tqdm.auto import tqdm
 
-    from ..io_utils import atomic_path
+    from glotpool.io_utils import atomic_path
 
     out = Path(out)
     if out.suffix.lower() != ".csv":

@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import csv_list
+from glotpool.cli._common import csv_list
 
 
 def register(subparsers) -> None:
-    from ..pipeline import MainJobSettings
+    from glotpool.experiments.pipeline import MainJobSettings
 
     d = MainJobSettings()
     p = subparsers.add_parser("run", help="end-to-end main job: stress test + Pang & Lee comparison, one report",
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import MainJobSettings, run_main_job
+    from glotpool.experiments.pipeline import MainJobSettings, run_main_job
 
     task = None if str(args.compare_task).lower() == "none" else args.compare_task
     report = run_main_job(MainJobSettings(backbone=args.backbone, stress_seeds=args.stress_seeds,

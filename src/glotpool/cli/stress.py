@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import csv_list, pooler_list
+from glotpool.cli._common import csv_list, pooler_list
 
 
 def register(subparsers) -> None:
-    from ..stress import DEFAULT_POOLERS, StressSettings
+    from glotpool.experiments.stress import DEFAULT_POOLERS, StressSettings
 
     d = StressSettings()
     p = subparsers.add_parser("stress", help="needle-among-distractors stress test on cached states",
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..stress import StressSettings, run_stress
+    from glotpool.experiments.stress import StressSettings, run_stress
 
     settings = StressSettings(backbone=args.backbone, ratios=args.ratios, poolers=args.poolers, seeds=args.seeds,
                               budgets=args.budgets, lr_grid=args.lr_grid, n_train=args.n_train, n_eval=args.n_eval,

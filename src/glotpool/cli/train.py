@@ -1,7 +1,7 @@
 """``glotpool train``: train ONE pooler (+ head) on a task and save it as an Encoder for ``encode`` / ``predict``.
 
     OUT/cache   the backbone's token states of every split's texts (reused on a rerun)
-    OUT/run     experiment.run_one's run.json, results.{json,md} and best/ (resumable: a rerun reuses it)
+    OUT/run     experiments.runs.run_one's run.json, results.{json,md} and best/ (resumable: a rerun reuses it)
     OUT/model   Encoder.save_pretrained: what `glotpool encode --model` / `glotpool predict --model` load
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ._common import add_task_args, add_train_args, train_config
+from glotpool.cli._common import add_cache_dir_arg, add_task_args, add_train_args, task_source, train_config
 
 
 def register(subparsers) -> None:
-    from ..compare import CompareSettings
+    from glotpool.experiments.compare import CompareSettings
 
     d = CompareSettings()
     p = subparsers.add_parser("train", help="train one pooler on a task and save a model for encode / predict",
@@ -30,6 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-train", type=int, default=None, help="subsample train (seeded, stratified)")
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     p.add_argument("--layer", type=int, default=-1, help="hidden layer (0 = embeddings, -1 = last)")
+    add_cache_dir_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace an OUT/cache built with other settings")
     p.add_argument("--quiet", action="store_true")
     add_train_args(p, d.train)
@@ -37,39 +38,25 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backbone import load_backbone
-    from ..cache import build_cache
-    from ..compare import CompareSettings, load_compare_data
-    from ..encoder import Encoder
-    from ..experiment import PoolerSpec, run_one
-    from ..train import prepare_splits
+    from glotpool.encoder import Encoder
+    from glotpool.experiments.runs import PoolerSpec, run_one
+    from glotpool.experiments.scaffold import adapt_spec, prepare_experiment
+    from glotpool.states.backbone import load_backbone
 
     out = Path(args.out)
-    if args.score_col and args.task_type != "sts":
-        raise ValueError("--score-col is for --task-type sts")
     spec = PoolerSpec.parse(args.pooler)  # a bad spec fails before the backbone loads
-    settings = CompareSettings(backbone=args.backbone, task=args.task, data_dir=args.data_dir,
-                               train_file=args.train_file, dev_file=args.dev_file, test_file=args.test_file,
-                               data_file=args.data_file, task_type=args.task_type, text_col=args.text_col,
-                               text_col_2=args.text_col_2,
-                               label_col=None if args.score_col else args.label_col, score_col=args.score_col,
-                               max_train=args.max_train, max_length=args.max_length, layer=args.layer,
-                               data_seed=args.data_seed)
-    task, task_type, splits, label_names, score_range = load_compare_data(settings)
+    task = task_source(args).load()
     backbone = load_backbone(args.backbone, max_length=args.max_length, layer=args.layer)
-    if spec.name == "cls" and backbone.is_decoder:
-        print("note: cls pooling on a decoder is the first token; using 'last' instead", file=sys.stderr)
-        spec = PoolerSpec("last", spec.options, "last")
-    texts = list(dict.fromkeys(t for ds in splits.values() for t in ds.texts + (ds.texts2 or [])))
-    cache = build_cache(backbone, texts, out / "cache", show_progress=not args.quiet, overwrite=args.overwrite)
-    data = prepare_splits(cache, splits, task_type, label_names=label_names, score_range=score_range)
+    spec = adapt_spec(spec, backbone, announce=True)
+    exp = prepare_experiment(backbone, task, args.cache_dir or out / "cache", show_progress=not args.quiet,
+                             overwrite=args.overwrite)
     cfg = replace(train_config(args), show_progress=not args.quiet)
-    rec = run_one(spec, cache, data, cfg, seed=args.seed, run_dir=out / "run", save_model=True)
+    rec = run_one(spec, exp.cache, exp.data, cfg, seed=args.seed, run_dir=out / "run", save_model=True)
     encoder = Encoder.from_run(out / "run", backbone)
     encoder.save_pretrained(out / "model")
-    sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-    print(f"# {task} ({task_type}), pooler {spec.label}, frozen {args.backbone}: best epoch {rec.best_epoch}, "
-          f"{rec.trainable_parameters:,} trainable parameters; {sizes}")
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in task.splits.items())
+    print(f"# {task.name} ({task.task_type}), pooler {spec.label}, frozen {args.backbone}: best epoch "
+          f"{rec.best_epoch}, {rec.trainable_parameters:,} trainable parameters; {sizes}")
     for split, m in (("dev", rec.dev), ("test", rec.test)):
         if m:
             print(f"{split:5s}" + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))

@@ -13,7 +13,7 @@ batches, progress bar). Decoders need nothing special: a ``last`` / GLOT pooler 
 token is found for left- or right-padded batches. Similarity is cosine.
 
 Training for MTEB follows the paper: contrastive InfoNCE on (query, positive) pairs with in-batch negatives, i.e.
-the ``retrieval`` task type of :mod:`glotpool.train` (``ContrastiveHead``)::
+the ``retrieval`` task type of :mod:`glotpool.training.trainer` (``ContrastiveHead``)::
 
     splits = prepare_splits(cache, {"train": pairs_tr, "dev": pairs_dev}, task_type="retrieval")  # texts, texts2
     head = build_head("retrieval", pooler.out_dim, temperature=0.05)

@@ -30,14 +30,14 @@ import torch
 from sentence_transformers.base.modules import Module
 
 from glotpool.io_utils import atomic_dir, atomic_write_json
-from glotpool.poolers import Pooler, load_pooler
+from glotpool.pooling import Pooler, load_pooler
 
 MODULE_CONFIG = "glotpool_st.json"  # next to the pooler's config.json + model.safetensors
 CLASS_REF = "glotpool.integrations.sentence_transformers.GLOTPoolingModule"
 
 
 class GLOTPoolingModule(Module):
-    """Wrap a glotpool :class:`~glotpool.poolers.Pooler` as a sentence-transformers module.
+    """Wrap a glotpool :class:`~glotpool.pooling.Pooler` as a sentence-transformers module.
 
     ``forward(features)`` reads ``token_embeddings [B, L, D]`` (or ``all_layer_embeddings[layer]`` when ``layer``
     is set) and ``attention_mask [B, L]``, and writes ``sentence_embedding [B, pooler.out_dim]``. The pooler is
@@ -109,7 +109,7 @@ class GLOTPoolingModule(Module):
 def build_sentence_transformer(backbone, pooler: Pooler, *, normalize: bool = False, device: str | None = None):
     """A ``SentenceTransformer`` = ST ``Transformer`` over the backbone's model folder + :class:`GLOTPoolingModule`.
 
-    ``backbone`` is a loaded :class:`glotpool.backbone.Backbone`; the Transformer re-reads the same folder (same
+    ``backbone`` is a loaded :class:`glotpool.states.backbone.Backbone`; the Transformer re-reads the same folder (same
     truncation ``max_length``, dtype, pad token, padding side) so its token states equal ``backbone.encode``'s.
     A non-final ``layer`` is read from ``all_layer_embeddings`` (the Transformer then returns every hidden state).
     """

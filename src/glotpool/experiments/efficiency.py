@@ -37,7 +37,7 @@ LORA_TARGETS = {"bert": ["query", "key", "value"], "llama": ["q_proj", "k_proj",
 
 @dataclass
 class BenchConfig:
-    backbone: str = "minilm"  # preset, hub id or folder (glotpool.backbone.load_backbone)
+    backbone: str = "minilm"  # preset, hub id or folder (glotpool.states.backbone.load_backbone)
     task: str = "pang-lee"  # offline classification preset (glotpool.data.load_task)
     data_dir: str | None = None  # default $GLOTPOOL_DATA or ./data
     n_train: int = 400
@@ -46,7 +46,7 @@ class BenchConfig:
     batch_size: int = 16
     epochs: int = 10  # epochs to amortise GLOT's one-time caching over
     max_length: int = 64  # truncation (tokens); the same for every method
-    pooler: str = "glot:hidden_dim=128,readout_hidden=128"  # glotpool.experiment.PoolerSpec text form
+    pooler: str = "glot:hidden_dim=128,readout_hidden=128"  # glotpool.experiments.runs.PoolerSpec text form
     lora_r: int = 64
     lora_alpha: int = 128
     lr_glot: float = 1e-3
@@ -102,7 +102,7 @@ def load_bench_data(cfg: BenchConfig) -> dict:
 def _run_worker(phase: str, cfg: BenchConfig, work: Path) -> dict:
     """Run one phase in a fresh interpreter; return its JSON record."""
     out = work / f"{phase}.json"
-    cmd = [sys.executable, "-c", "import sys; from glotpool.efficiency import _worker_main; "
+    cmd = [sys.executable, "-c", "import sys; from glotpool.experiments.efficiency import _worker_main; "
            "sys.exit(_worker_main(sys.argv[1:]))", phase, str(work / "config.json"), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
@@ -139,7 +139,7 @@ def _epoch_steps(cfg: BenchConfig, n_train: int) -> int:
 
 def summarize(cfg: BenchConfig, results: dict, n_train: int, n_test: int) -> dict:
     """Per-method rows (params, memory, s/step, s/epoch, accuracy), ratios vs GLOT, markdown table."""
-    from glotpool.train import environment
+    from glotpool.training.trainer import environment
 
     spe = _epoch_steps(cfg, n_train)
     rows = {}
@@ -304,7 +304,7 @@ def _worker_main(argv: list[str]) -> int:
     cfg, data = BenchConfig(**spec["config"]), spec["data"]
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    from glotpool import backbone as _bb  # noqa: F401 - imports counted in the base memory
+    import glotpool.states.backbone as _bb  # noqa: F401 - imports counted in the base memory
     import transformers  # noqa: F401
     base_mb = _peak_memory_mb(torch.device("cpu"))
     if device.type == "cuda":
@@ -317,13 +317,13 @@ def _worker_main(argv: list[str]) -> int:
 
 
 def _load_backbone(cfg: BenchConfig, device):
-    from glotpool.backbone import load_backbone
+    from glotpool.states.backbone import load_backbone
 
     return load_backbone(cfg.backbone, max_length=cfg.max_length, device=str(device))
 
 
 def _glot_cache(cfg, data, work, device, base_mb, phase) -> dict:
-    from glotpool.cache import build_cache
+    from glotpool.states.cache import build_cache
 
     t0 = time.perf_counter()
     bb = _load_backbone(cfg, device)
@@ -341,11 +341,11 @@ def _glot_train(cfg, data, work, device, base_mb, phase) -> dict:
     import numpy as np
     import torch
 
-    from glotpool.cache import open_cache
-    from glotpool.experiment import PoolerSpec
-    from glotpool.poolers import build_pooler
-    from glotpool.tasks import build_head
-    from glotpool.train import seed_everything
+    from glotpool.states.cache import open_cache
+    from glotpool.experiments.runs import PoolerSpec
+    from glotpool.pooling import build_pooler
+    from glotpool.training.heads import build_head
+    from glotpool.training.trainer import seed_everything
 
     train_cache, test_cache = open_cache(work / "cache-train"), open_cache(work / "cache-test")
     # cache rows are in input order, so row i = data["train"]["texts"][i]
@@ -392,7 +392,7 @@ def _finetune(cfg, data, work, device, base_mb, phase) -> dict:
     """LoRA or full fine-tuning: backbone (+ adapters) + mean pooling + linear head, trained end to end."""
     import torch
 
-    from glotpool.train import seed_everything
+    from glotpool.training.trainer import seed_everything
 
     bb = _load_backbone(cfg, device)
     seed_everything(cfg.seed)

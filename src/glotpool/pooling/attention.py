@@ -1,11 +1,11 @@
-"""Stronger baseline poolers and a graph-free GLOT ablation.
+"""Learned attention poolers without a graph, and the graph-free GLOT ablation.
 
+``adapool``           attention pooling with a per-token score MLP (Brothers, 2025): ``z = Σ softmax(MLP(h_i)) h_i``.
 ``latent_attention``  NV-Embed's latent attention pooling (Lee et al., 2024): tokens query a trained latent array.
 ``pma``               Set Transformer's Pooling by Multihead Attention (Lee et al., ICML 2019): seeds query tokens.
-``weighted_mean``     SGPT's position-weighted mean for decoders (Muennighoff, 2022).
 ``mlp_attention``     GLOT with the GNN replaced by a per-token MLP of the same shape ("no graph" ablation).
 
-All follow :class:`glotpool.poolers.Pooler`: ``_pool(h [B, L, D], mask [B, L]) -> (z [B, out_dim], w [B, L])``
+All follow :class:`glotpool.pooling.base.Pooler`: ``_pool(h [B, L, D], mask [B, L]) -> (z [B, out_dim], w [B, L])``
 with padding rows of ``h`` already zeroed by ``check_inputs``.
 """
 from __future__ import annotations
@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from glotpool.gnn import check_layer_stack, jk_out_dim, jumping_knowledge
-from glotpool.poolers import Pooler, PoolerConfig, register_pooler
-from glotpool.readout import AttentionReadout, masked_softmax
-
+from glotpool.pooling.base import Pooler, PoolerConfig, register_pooler
+from glotpool.pooling.gnn import check_layer_stack, jk_out_dim, jumping_knowledge
+from glotpool.pooling.readout import AttentionReadout, masked_softmax
 
 def _mean_weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
     w = mask.to(dtype)
@@ -30,6 +29,32 @@ def _check_heads(dim: int, num_heads: int, name: str) -> None:
     if num_heads < 1 or dim % num_heads:
         raise ValueError(f"{name}: num_heads={num_heads} must be >= 1 and divide in_dim={dim}; pick a divisor "
                          f"of {dim}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# learned poolers
+
+
+@dataclass
+class AdaPoolConfig(PoolerConfig):
+    readout_hidden: int | None = None  # default max(128, in_dim // 2)
+
+
+@register_pooler("adapool")
+class AdaPool(Pooler):
+    """Learned attention pooling without a graph: ``π = softmax(MLP(h_i))`` over real tokens, ``z = Σ π_i h_i``."""
+
+    Config = AdaPoolConfig
+
+    def __init__(self, in_dim: int, **options):
+        super().__init__(in_dim, **options)
+        self.readout = AttentionReadout(in_dim, self.config.readout_hidden)
+
+    def reset_parameters(self) -> None:
+        self.readout.reset_parameters()
+
+    def _pool(self, h, mask):
+        return self.readout(h, mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,32 +189,11 @@ class PMAPooling(Pooler):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# SGPT position-weighted mean
-
-
-@register_pooler("weighted_mean")
-class WeightedMeanPooling(Pooler):
-    """SGPT weighted mean for causal decoders: later tokens have seen more context, so they weigh more::
-
-        w_i = p_i / Σ_j p_j,   p_i = 1-based position of token i among the sentence's *real* tokens
-        z = Σ_i w_i h_i
-
-    Positions are counted over real tokens only (``cumsum`` of the mask), so left- and right-padded batches give
-    the same ``z``. Not permutation invariant, by design.
-    """
-
-    def _pool(self, h, mask):
-        pos = mask.to(h.dtype).cumsum(1) * mask  # [B, L]: 1..n on real tokens, 0 on padding
-        w = pos / pos.sum(1, keepdim=True)
-        return torch.bmm(w.unsqueeze(1), h).squeeze(1), w
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # "no graph" ablation of GLOT
 
 
 class TokenMLP(nn.Module):
-    """Per-token twin of :class:`glotpool.gnn.TokenGNN`: ``Hᵏ = ReLU(Hᵏ⁻¹ W_k + b_k)``, same jumping knowledge.
+    """Per-token twin of :class:`glotpool.pooling.gnn.TokenGNN`: ``Hᵏ = ReLU(Hᵏ⁻¹ W_k + b_k)``, same jumping knowledge.
 
     A GCN layer holds exactly one ``[in, out]`` weight and one bias, so this has the same parameter count as
     GLOT-GCN's GNN; it is GLOT-GCN with ``A = I``, minus the degree normalisation. Padding rows are zero.
@@ -254,4 +258,4 @@ class MLPAttentionPooling(Pooler):
         return self.readout(self.mlp(h, mask), mask)
 
 
-__all__ = ["LatentAttentionPooling", "PMAPooling", "WeightedMeanPooling", "MLPAttentionPooling", "TokenMLP"]
+__all__ = ["AdaPool", "LatentAttentionPooling", "PMAPooling", "MLPAttentionPooling", "TokenMLP"]

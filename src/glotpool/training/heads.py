@@ -27,8 +27,7 @@ from torch import Tensor, nn
 
 from glotpool.io_utils import atomic_path, atomic_write_json
 
-TASK_TYPES = ("single", "pair", "sts", "retrieval")
-HEADS: dict[str, type["TaskHead"]] = {}
+HEADS: dict[str, type["TaskHead"]] = {}  # task type -> head class: the one owner of the task-type facts
 
 
 def _register(cls):
@@ -43,7 +42,9 @@ class HeadConfig:
 
 class TaskHead(nn.Module):
     task_type: ClassVar[str] = ""
-    is_pair: ClassVar[bool] = False
+    is_pair: ClassVar[bool] = False  # takes two texts per example
+    is_classification: ClassVar[bool] = False  # class labels -> label ids, num_labels, class weights
+    default_metric: ClassVar[str] = ""  # the dev metric that selects the model unless the user names one
     Config: ClassVar[type] = HeadConfig
 
     def __init__(self, dim: int, **options):
@@ -99,6 +100,8 @@ class SingleSentenceClassifier(TaskHead):
     """``logits = W z + b``."""
 
     task_type = "single"
+    is_classification = True
+    default_metric = "accuracy"
     Config = ClassifierConfig
 
     def __init__(self, dim: int, **options):
@@ -137,6 +140,7 @@ class PairClassifierConfig(ClassifierConfig):
 class PairClassifier(SingleSentenceClassifier):
     task_type = "pair"
     is_pair = True
+    default_metric = "accuracy"
     Config = PairClassifierConfig
 
     def __init__(self, dim: int, **options):
@@ -169,6 +173,7 @@ class STSHead(TaskHead):
 
     task_type = "sts"
     is_pair = True
+    default_metric = "spearman"
     Config = STSConfig
 
     def __init__(self, dim: int, **options):
@@ -200,6 +205,7 @@ class ContrastiveHead(TaskHead):
 
     task_type = "retrieval"
     is_pair = True
+    default_metric = "mrr@10"
     Config = RetrievalConfig
 
     def forward(self, z1: Tensor, z2: Tensor | None = None) -> Tensor:
@@ -211,11 +217,23 @@ class ContrastiveHead(TaskHead):
         return (F.cross_entropy(out, labels) + F.cross_entropy(out.T, labels)) / 2
 
 
-def build_head(task_type: str, dim: int, **options) -> TaskHead:
+TASK_TYPES = tuple(HEADS)  # ("single", "pair", "sts", "retrieval")
+
+
+def head_class(task_type: str) -> type[TaskHead]:
+    """The head class of a task type (its ``is_pair``, ``is_classification``, ``default_metric``)."""
     if task_type not in HEADS:
         raise ValueError(f"unknown task type {task_type!r}; valid: {', '.join(TASK_TYPES)}")
-    return HEADS[task_type](dim, **options)
+    return HEADS[task_type]
 
 
-__all__ = ["TASK_TYPES", "TaskHead", "SingleSentenceClassifier", "PairClassifier", "STSHead", "ContrastiveHead",
+def default_metric(task_type: str) -> str:
+    return head_class(task_type).default_metric
+
+
+def build_head(task_type: str, dim: int, **options) -> TaskHead:
+    return head_class(task_type)(dim, **options)
+
+
+__all__ = ["TASK_TYPES", "HEADS", "head_class", "default_metric", "TaskHead", "SingleSentenceClassifier", "PairClassifier", "STSHead", "ContrastiveHead",
            "build_head"]

@@ -4,8 +4,8 @@ benchmark baseline.
 It does what a straightforward implementation (and the paper's code) does: a Python loop over sentences, each
 turned into one PyG graph (``edge_index`` of the real tokens, padding stripped), run through PyG's sparse message
 passing layers (``GATConv`` / ``GCNConv`` / ``GINConv`` / ``GATv2Conv``), then an attention readout over that
-sentence's tokens. Nothing here is shared with :mod:`glotpool.graph` / :mod:`glotpool.gnn` /
-:mod:`glotpool.readout`, so agreement between the two is evidence that both are right.
+sentence's tokens. Nothing here is shared with :mod:`glotpool.pooling.graph` / :mod:`glotpool.pooling.gnn` /
+:mod:`glotpool.pooling.readout`, so agreement between the two is evidence that both are right.
 
 Slow by design; not for training.
 """
@@ -30,7 +30,7 @@ def threshold_edge_index(x: Tensor, tau: float) -> Tensor:
 
 
 def _sparse_conv_like(dense_conv: nn.Module, conv: str) -> nn.Module:
-    """A PyG sparse layer holding the same weights as a dense layer of :class:`glotpool.gnn.TokenGNN`."""
+    """A PyG sparse layer holding the same weights as a dense layer of :class:`glotpool.pooling.gnn.TokenGNN`."""
     if conv == "gat":
         out_c, in_c = dense_conv.lin.weight.shape
         sparse = GATConv(in_c, out_c, heads=1, add_self_loops=True)
@@ -89,7 +89,7 @@ class PerSentenceGLOT(nn.Module):
     @classmethod
     def fresh(cls, in_dim: int, hidden_dim: int = 256, num_layers: int = 2, conv: str = "gat",
               tau: float = 0.6) -> "PerSentenceGLOT":
-        from glotpool.poolers import GLOTPooling
+        from glotpool.pooling import GLOTPooling
 
         return cls.from_dense(GLOTPooling(in_dim, hidden_dim=hidden_dim, num_layers=num_layers, conv=conv,
                                           tau=tau))

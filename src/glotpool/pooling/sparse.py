@@ -1,6 +1,6 @@
 """Sparse GLOT for long documents: chunked neighbour search → batched ``edge_index`` → PyG message passing.
 
-The dense path (:mod:`glotpool.graph` + :class:`glotpool.gnn.TokenGNN`) holds ``[B, L, L]`` tensors: O(L²) memory,
+The dense path (:mod:`glotpool.pooling.graph` + :class:`glotpool.pooling.gnn.TokenGNN`) holds ``[B, L, L]`` tensors: O(L²) memory,
 ~0.3 GB per fp32 tensor at L = 8192, and several of them live at once. This path computes the same function with
 memory linear in the number of tokens and edges:
 
@@ -17,7 +17,7 @@ memory linear in the number of tokens and edges:
 4. **Readout** (:func:`sparse_readout`): ``π = softmax(scores, batch)`` per sentence,
    ``z = scatter_sum(π·u, batch)``; the weights are unpacked to ``[B, L]`` (0 on padding), the dense API.
 
-Graph rules (identical edge sets to :func:`glotpool.graph.build_graph`)
+Graph rules (identical edge sets to :func:`glotpool.pooling.graph.build_graph`)
 ------------------------------------------------------------------------
 ``knn``        each query row is the *same* row the dense builder ranks: cosine against all ``L`` positions,
                padding ``-inf``, self ``+inf``; ``topk(min(k, L))`` over that full row; picks that land on padding
@@ -46,9 +46,9 @@ Cosines are computed exactly like the dense builder (float32, or float64 for flo
 
 Message passing: functional, reading the dense layers' own parameters
 ----------------------------------------------------------------------
-:func:`sparse_conv` runs each dense layer of :class:`~glotpool.gnn.TokenGNN` on an edge list, using *its* weights
+:func:`sparse_conv` runs each dense layer of :class:`~glotpool.pooling.gnn.TokenGNN` on an edge list, using *its* weights
 (``DenseGATConv``: ``lin``, ``att_src``, ``att_dst``, ``bias``; ``DenseGCNConv``: ``lin``, ``bias``;
-``DenseGINConv``: ``nn``, ``eps``; :class:`~glotpool.layers.DenseGATv2Conv`: ``lin_src``, ``lin_dst``, ``att``,
+``DenseGINConv``: ``nn``, ``eps``; :class:`~glotpool.pooling.layers.DenseGATv2Conv`: ``lin_src``, ``lin_dst``, ``att``,
 ``bias``). Why functional rather than PyG ``GATConv``/``GCNConv``/... modules tied to the dense parameters: the
 parameter shapes differ (``att_src [1, 1, H, C]`` vs ``[1, H, C]``, GIN's MLP is a child module), so tying needs
 views re-installed on every call or copies that go stale during training; the PyG modules also add their own
@@ -72,9 +72,9 @@ from torch_geometric.nn.dense import DenseGATConv, DenseGCNConv, DenseGINConv
 from torch.utils.checkpoint import checkpoint
 from torch_geometric.utils import scatter, softmax, to_undirected
 
-from glotpool.gnn import TokenGNN, jumping_knowledge
-from glotpool.layers import DenseGATv2Conv
-from glotpool.readout import AttentionReadout
+from glotpool.pooling.gnn import TokenGNN, jumping_knowledge
+from glotpool.pooling.layers import DenseGATv2Conv
+from glotpool.pooling.readout import AttentionReadout
 
 SPARSE_RULES = ("threshold", "knn")
 DEFAULT_CHUNK_SIZE = 1024
@@ -109,7 +109,7 @@ def node_index(mask: Tensor) -> Tensor:
 
 
 def _unit_states(h: Tensor, mask: Tensor, center: bool) -> Tensor:
-    """Unit-norm states ``[B, L, D]``, computed with the same ops as :func:`glotpool.graph.cosine_similarity`."""
+    """Unit-norm states ``[B, L, D]``, computed with the same ops as :func:`glotpool.pooling.graph.cosine_similarity`."""
     h = h if h.dtype == torch.float64 else h.float()
     if center:
         m = mask.unsqueeze(-1).to(h.dtype)
@@ -258,7 +258,7 @@ def _gatv2_logits(xs: Tensor, xd: Tensor, att: Tensor, src: Tensor, dst: Tensor,
 
 
 def sparse_conv(conv: torch.nn.Module, x: Tensor, edge_index: Tensor) -> Tensor:
-    """Run a dense layer of :class:`~glotpool.gnn.TokenGNN` on ``x [N, F_in]`` and ``edge_index [2, E]``.
+    """Run a dense layer of :class:`~glotpool.pooling.gnn.TokenGNN` on ``x [N, F_in]`` and ``edge_index [2, E]``.
 
     Equals ``conv(x_dense, A, mask, add_loop=True)`` at the real tokens when ``edge_index`` holds every self-loop.
     """

@@ -25,14 +25,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from glotpool.cache import TokenCache
+from glotpool.states.cache import TokenCache
 from glotpool.data import TextDataset, encode_labels
 from glotpool.io_utils import atomic_dir, atomic_write_json, atomic_write_text
-from glotpool.metrics import METRIC_HIGHER_IS_BETTER, compute_metrics
-from glotpool.poolers import Pooler
-from glotpool.tasks import TaskHead
+from glotpool.training.metrics import METRIC_HIGHER_IS_BETTER, compute_metrics
+from glotpool.pooling import Pooler
+from glotpool.training.heads import TaskHead, default_metric, head_class
 
-DEFAULT_METRIC = {"single": "accuracy", "pair": "accuracy", "sts": "spearman", "retrieval": "mrr@10"}
 
 
 def autocast(device: torch.device | str, precision: str):
@@ -103,8 +102,7 @@ def prepare_splits(cache: TokenCache, datasets: dict[str, TextDataset], task_typ
     Classification labels are encoded with the train split's classes (or ``label_names``); a dev/test label train
     never saw is an error. STS scores are rescaled from ``score_range`` (default: train's min/max) to [0, 1].
     """
-    if task_type not in DEFAULT_METRIC:
-        raise ValueError(f"unknown task type {task_type!r}; valid: {', '.join(DEFAULT_METRIC)}")
+    head_class(task_type)  # refuses an unknown task type, listing the valid ones
     if "train" not in datasets:
         raise ValueError(f"a 'train' split is required; got splits {sorted(datasets)}")
     for name, ds in datasets.items():
@@ -119,7 +117,7 @@ def prepare_splits(cache: TokenCache, datasets: dict[str, TextDataset], task_typ
             raise ValueError(f"the {name!r} split has no labels/scores; give label_col (or score_col for sts)")
     names = list(datasets)
     targets: list[np.ndarray | None] = [None] * len(names)
-    if task_type in ("single", "pair"):
+    if head_class(task_type).is_classification:
         label_names, arrays = encode_labels(datasets["train"].labels,
                                             *[datasets[n].labels for n in names if n != "train"],
                                             names=label_names, split_names=[n for n in names if n != "train"])
@@ -226,7 +224,7 @@ def _is_better(value: float, best: float | None, higher: bool) -> bool:
 
 def resolve_metric(cfg: TrainConfig, task_type: str) -> tuple[str, bool]:
     """The dev metric for model selection and whether higher is better."""
-    metric = cfg.metric or DEFAULT_METRIC[task_type]
+    metric = cfg.metric or default_metric(task_type)
     if metric not in METRIC_HIGHER_IS_BETTER:
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRIC_HIGHER_IS_BETTER)}")
     return metric, METRIC_HIGHER_IS_BETTER[metric]
@@ -238,7 +236,7 @@ def prepare_training(head: TaskHead, data: CachedSplits, cfg: TrainConfig) -> tu
         raise ValueError("training needs a 'dev' split for model selection (carve one from train)")
     metric, higher = resolve_metric(cfg, data.task_type)
     seed_everything(cfg.seed)
-    if cfg.class_weights and data.task_type in ("single", "pair") and head.class_weights is None:
+    if cfg.class_weights and head.is_classification and head.class_weights is None:
         counts = np.bincount(data["train"].targets, minlength=data.num_labels).astype(np.float64)
         weights = len(data["train"]) / (data.num_labels * np.maximum(counts, 1))
         head.class_weights = torch.tensor(weights, dtype=torch.float32)

@@ -14,7 +14,7 @@ Layers are PyTorch Geometric's dense batched convolutions (one padded tensor per
 :class:`~torch_geometric.nn.dense.DenseGCNConv` (symmetric normalisation), ``gin`` =
 :class:`~torch_geometric.nn.dense.DenseGINConv` with a 2-layer MLP (sum aggregation over the graph's neighbours,
 self-loop included, plus the ``(1 + eps) x`` self term of GIN). ``gatv2`` has no dense PyG layer, so it uses our
-own :class:`~glotpool.layers.DenseGATv2Conv`.
+own :class:`~glotpool.pooling.layers.DenseGATv2Conv`.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def make_conv(conv: str, in_dim: int, out_dim: int) -> nn.Module:
         mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
         return DenseGINConv(mlp)
     if conv == "gatv2":
-        from glotpool.layers import DenseGATv2Conv
+        from glotpool.pooling.layers import DenseGATv2Conv
 
         return DenseGATv2Conv(in_dim, out_dim)
     raise ValueError(f"unknown conv {conv!r}; valid convs: {', '.join(CONVS)}")

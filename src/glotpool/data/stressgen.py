@@ -322,3 +322,19 @@ __all__: Sequence[str] = [
     "StressConfig", "StressData", "StressExample", "load_stress_data", "make_stress_data", "make_stress_split",
     "save_stress_data", "token_counter",
 ]
+
+
+def stress_splits(data: dict[str, list[StressExample]], dev_fraction: float, seed: int) -> dict:
+    """``{"train", "dev", "test"}`` TextDatasets from stress data: dev carved from train by twin pair (both twins of
+    a pair - they differ in one word - stay on the same side), test = the eval split."""
+    import numpy as np
+
+    from glotpool.data.datasets import TextDataset
+
+    pairs = sorted({e.pair_id for e in data["train"]})
+    rng = np.random.default_rng(seed)
+    dev_pairs = set(rng.permutation(pairs)[:int(round(len(pairs) * dev_fraction))].tolist())
+    as_ds = lambda exs: TextDataset(texts=[e.text for e in exs], labels=[int(e.label) for e in exs])  # noqa: E731
+    return {"train": as_ds([e for e in data["train"] if e.pair_id not in dev_pairs]),
+            "dev": as_ds([e for e in data["train"] if e.pair_id in dev_pairs]),
+            "test": as_ds(data["eval"])}

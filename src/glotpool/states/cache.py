@@ -17,6 +17,15 @@ byte-identical to an uninterrupted build (same machine and thread count: float k
 
 Reading memory-maps the shards lazily (``safetensors.safe_open`` -> zero-copy tensor), so a cache larger than
 RAM still trains; :meth:`TokenCache.batch` gathers and right-pads a batch with a few vectorized tensor ops.
+
+**Distributed caching** (``glotpool dist cache`` under torchrun / accelerate): every rank tokenizes all texts and
+computes the same global, length-sorted shard plan (:func:`plan_shards`); rank ``r`` encodes shards
+``k % world_size == r`` and writes them under their global names into the shared output folder, with its own
+``progress.rankNNNNN.json`` (resumable per rank). After a barrier, rank 0 runs the ordinary single-process
+:func:`build_cache`, which adopts every rank's hash-checked shards, encodes nothing and writes ``index.json``. Each
+shard holds exactly the batches a single-process build would encode, so the result is byte-identical to a
+single-process cache (same hardware and thread count). Without a process group (e.g. independent jobs of a job
+array) each rank just writes its shards; run :func:`merge_cache` (``glotpool dist merge``) afterwards.
 """
 from __future__ import annotations
 
@@ -24,14 +33,16 @@ import hashlib
 import json
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from .backbone import Backbone, iter_encoded, length_sorted_batches, token_lengths
-from .io_utils import atomic_path, atomic_write_json, sha256_file, sha256_texts
+from glotpool.states.backbone import Backbone, iter_encoded, length_sorted_batches, token_lengths
+from glotpool.io_utils import atomic_path, atomic_write_json, sha256_file, sha256_texts
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +50,11 @@ FORMAT = "glotpool-token-cache"
 VERSION = 1
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 INDEX, PROGRESS, TEXTS = "index.json", "progress.json", "texts.json"
+
+
+def unique_texts(*columns: Sequence[str] | None) -> list[str]:
+    """Unique texts of the given columns, first-seen order (deterministic, so the cache key is stable)."""
+    return list(dict.fromkeys(t for col in columns if col is not None for t in col))
 
 
 def cache_key(backbone_fingerprint: dict, texts_fingerprint: str, store_dtype: str) -> str:
@@ -387,3 +403,134 @@ class TokenCache:
 
 
 __all__ = ["cache_key", "build_cache", "open_cache", "TokenCache", "plan_shards", "STORE_DTYPES"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# process groups and distributed caching (torchrun / accelerate)
+
+
+def _pg_world() -> int | None:
+    """World size of the initialised default process group, else None."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else None
+
+
+def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): the arguments, else the process group, else RANK/WORLD_SIZE (torchrun), else (0, 1)."""
+    pg = _pg_world()
+    if rank is None:
+        rank = dist.get_rank() if pg else int(os.environ.get("RANK", 0))
+    if world_size is None:
+        world_size = pg or int(os.environ.get("WORLD_SIZE", 1))
+    if pg and (rank, world_size) != (dist.get_rank(), pg):
+        raise ValueError(f"rank={rank}, world_size={world_size} contradict the initialised process group "
+                         f"(rank {dist.get_rank()} of {pg}); leave them out to use the process group's")
+    if not (world_size >= 1 and 0 <= rank < world_size):
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return int(rank), int(world_size)
+
+
+def init_distributed(backend: str | None = None, timeout_minutes: float = 120.0) -> tuple[int, int, torch.device]:
+    """Initialise the default process group from torchrun's environment -> (rank, world_size, device).
+
+    ``backend``: nccl when CUDA is available, else gloo. GPU ranks use ``cuda:LOCAL_RANK``. The long default timeout
+    lets fast ranks wait at a barrier while slow ranks still encode (NCCL's own default is 10 minutes).
+    Already initialised -> nothing is re-initialised. Without torchrun variables: a one-process group is not
+    created and (0, 1, device) is returned.
+    """
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if _pg_world():
+        return dist.get_rank(), dist.get_world_size(), device
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1, device
+    backend = backend or ("nccl" if cuda else "gloo")
+    dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _barrier() -> None:
+    if _pg_world():
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# distributed caching
+
+
+def build_cache_distributed(backbone: Backbone, texts: Sequence[str], out_dir: str | os.PathLike, *,
+                            rank: int | None = None, world_size: int | None = None, batch_size: int = 32,
+                            shard_tokens: int = 1_000_000, store_dtype: str = "float16", show_progress: bool = True,
+                            overwrite: bool = False, extra_meta: dict | None = None) -> TokenCache | None:
+    """Encode this rank's shards of the global plan; with a process group also merge -> the complete cache.
+
+    Every rank must pass the same ``texts`` (same order) and settings. Returns the opened cache on every rank when
+    a process group is initialised (rank 0 merges after a barrier), else None on ranks of a world larger than one
+    (run :func:`merge_cache` once all ranks are done). Rerunning resumes each rank at its first missing shard.
+    """
+    rank, world_size = resolve_rank(rank, world_size)
+    kw = dict(batch_size=batch_size, shard_tokens=shard_tokens, store_dtype=store_dtype, extra_meta=extra_meta)
+    if world_size == 1:
+        return build_cache(backbone, texts, out_dir, show_progress=show_progress, overwrite=overwrite, **kw)
+    pg = _pg_world() == world_size
+    if overwrite:
+        if not pg:
+            raise ValueError("overwrite=True with several ranks needs an initialised process group (so that only "
+                             "rank 0 deletes, before anyone writes); delete the old cache files first instead")
+        if rank == 0:
+            _remove_cache_files(Path(out_dir))
+        _barrier()
+    build_cache(backbone, texts, out_dir, rank=rank, world_size=world_size, show_progress=show_progress, **kw)
+    if not pg:
+        log.info("rank %d/%d finished its shards of %s; merge with merge_cache() once all ranks are done",
+                 rank, world_size, out_dir)
+        return None
+    _barrier()
+    cache = merge_cache(backbone, texts, out_dir, show_progress=False, **kw) if rank == 0 else None
+    _barrier()
+    return cache if rank == 0 else open_cache(out_dir, verify=False)
+
+
+def merge_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.PathLike, *, batch_size: int = 32,
+                shard_tokens: int = 1_000_000, store_dtype: str = "float16", show_progress: bool = True,
+                extra_meta: dict | None = None) -> TokenCache:
+    """Write the index of a distributed build (one process): adopt all ranks' shards, encode any still missing.
+
+    This is a single-process :func:`build_cache` resume, so a crashed rank's missing shards are simply computed
+    here; the backbone runs only for those (it is needed for the tokenizer and the fingerprint anyway).
+    """
+    return build_cache(backbone, texts, out_dir, batch_size=batch_size, shard_tokens=shard_tokens,
+                       store_dtype=store_dtype, show_progress=show_progress, extra_meta=extra_meta)
+
+
+def iter_texts_streaming(path_or_name: str, text_col: str = "text", rank: int | None = None,
+                         world_size: int | None = None, split: str = "train", **load_kwargs) -> Iterator[str]:
+    """Stream this rank's part of a (huge) dataset's ``text_col`` without loading it: ``datasets`` streaming mode.
+
+    ``path_or_name``: a hub id, or a local ``.json``/``.jsonl``/``.csv``/``.parquet``/``.txt`` file (or a list of
+    such files via ``data_files=``). ``split_dataset_by_node`` gives each rank whole files when the number of files
+    is divisible by ``world_size``, else every ``world_size``-th example: the ranks' parts are disjoint and cover
+    the data. Each rank can then cache its part into its own folder (e.g. ``out/rank-00003``).
+    """
+    from datasets import load_dataset
+    from datasets.distributed import split_dataset_by_node
+
+    rank, world_size = resolve_rank(rank, world_size)
+    builders = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet",
+                ".txt": "text"}
+    p = Path(path_or_name).expanduser()
+    if p.suffix.lower() in builders or p.is_file():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such file")
+        if p.suffix.lower() not in builders:
+            raise ValueError(f"{p}: unknown extension {p.suffix!r}; use one of {sorted(builders)}")
+        ds = load_dataset(builders[p.suffix.lower()], data_files=str(p), split=split, streaming=True, **load_kwargs)
+    else:
+        ds = load_dataset(path_or_name, split=split, streaming=True, **load_kwargs)
+    ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+    for i, ex in enumerate(ds):
+        if i == 0 and text_col not in ex:
+            raise ValueError(f"{path_or_name}: no column {text_col!r}; columns: {sorted(ex)}")
+        yield ex[text_col]

@@ -2,7 +2,7 @@
 
     result = run_stress(StressSettings(backbone="minilm"), out_dir="runs/stress")
 
-For each distractor ratio: generate the seeded data (:mod:`glotpool.stressgen`, needle never truncated), carve a dev
+For each distractor ratio: generate the seeded data (:mod:`glotpool.data.stressgen`, needle never truncated), carve a dev
 split from train by twin pair (no twin on both sides), cache the backbone states once, then train every pooler with
 every seed under each budget:
 
@@ -21,16 +21,16 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from glotpool.cache import build_cache
-from glotpool.data import TextDataset
-from glotpool.experiment import PoolerSpec, fmt_mean_std, mean_std, run_one
+from glotpool.data import LoadedTask
+from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, mean_std, run_one
 from glotpool.io_utils import atomic_write_json, atomic_write_text
-from glotpool.stressgen import StressConfig, make_stress_data, save_stress_data, token_counter
-from glotpool.train import TrainConfig, prepare_splits
+from glotpool.data.stressgen import StressConfig, make_stress_data, save_stress_data, stress_splits, token_counter
+from glotpool.experiments.scaffold import adapt_spec, prepare_experiment
+from glotpool.experiments.scaffold import graph_stats as graph_stats_of
+from glotpool.training.trainer import TrainConfig
 
 BUDGETS = {
     "paper": TrainConfig(epochs=3, lr=1e-4, batch_size=32, patience=0),
@@ -64,53 +64,9 @@ class StressSettings:
     show_progress: bool = True
 
 
-def _specs(settings: StressSettings, is_decoder: bool) -> list[PoolerSpec]:
-    specs = []
-    for text in settings.poolers:
-        spec = PoolerSpec.parse(text)
-        if spec.name == "cls" and is_decoder:
-            spec = PoolerSpec("last", spec.options, "last")
-        if spec.name == "glot":
-            spec = spec.with_options(**settings.glot_defaults)
-        specs.append(spec)
-    return specs
-
-
-def split_by_pair(examples, dev_fraction: float, seed: int):
-    """Train/dev split that keeps both twins of a pair on the same side (twins differ in one word only)."""
-    pairs = sorted({e.pair_id for e in examples})
-    rng = np.random.default_rng(seed)
-    n_dev = int(round(len(pairs) * dev_fraction))
-    dev_pairs = set(rng.permutation(pairs)[:n_dev].tolist())
-    train = [e for e in examples if e.pair_id not in dev_pairs]
-    dev = [e for e in examples if e.pair_id in dev_pairs]
-    return train, dev
-
-
-def _dataset(examples) -> TextDataset:
-    return TextDataset(texts=[e.text for e in examples], labels=[int(e.label) for e in examples])
-
-
-def _graph_stats(spec: PoolerSpec, cache, idx: np.ndarray, batch_size: int = 64) -> dict:
-    """Mean neighbours per real token and mean density of this spec's graph over the given cache rows."""
-    from glotpool.graph import edges_per_token, graph_density
-    from glotpool.poolers import build_pooler, check_inputs
-
-    pool = build_pooler(spec.name, in_dim=cache.dim, **spec.kwargs)
-    edges, dens = [], []
-    with torch.inference_mode():
-        for s in range(0, len(idx), batch_size):
-            h, m = cache.batch(idx[s:s + batch_size])
-            h, m = check_inputs(h, m, cache.dim)
-            adj = pool.build_graph(h, m)
-            edges.append(edges_per_token(adj, m))
-            dens.append(graph_density(adj, m))
-    return {"edges_per_token": float(torch.cat(edges).mean()), "density": float(torch.cat(dens).mean())}
-
-
 def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> dict:
     """Run the whole grid (resumable) and write results, table and figures to ``out_dir``."""
-    from glotpool.backbone import load_backbone
+    from glotpool.states.backbone import load_backbone
 
     out_dir = Path(out_dir)
     unknown = [b for b in settings.budgets if b not in BUDGETS]
@@ -120,7 +76,7 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
         raise ValueError("give at least one seed")
     t_start = time.perf_counter()
     backbone = backbone or load_backbone(settings.backbone, max_length=settings.max_length)
-    specs = _specs(settings, backbone.is_decoder)
+    specs = [adapt_spec(PoolerSpec.parse(t), backbone, settings.glot_defaults) for t in settings.poolers]
     count = token_counter(backbone.tokenizer)
     records: list[dict] = []
     graph_stats: dict = {}
@@ -133,20 +89,17 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
                            seed=settings.data_seed, negation_in_noise=settings.negation_in_noise)
         data = make_stress_data(cfg, count_tokens=count, max_tokens=settings.max_length)
         save_stress_data(data, out_dir / "data" / f"ratio-{ratio:g}.jsonl")
-        train_ex, dev_ex = split_by_pair(data["train"], settings.dev_fraction, settings.data_seed)
-        texts = list(dict.fromkeys(e.text for e in data["train"] + data["eval"]))
+        task = LoadedTask(f"stress-{ratio:g}", "single", stress_splits(data, settings.dev_fraction, settings.data_seed))
         bar.set_postfix_str(f"caching ratio {ratio:g}")
-        t0 = time.perf_counter()
         cache_root = Path(settings.cache_dir) if settings.cache_dir else out_dir / "cache"
-        cache = build_cache(backbone, texts, cache_root / f"{backbone_tag(backbone)}-ratio-{ratio:g}",
-                            batch_size=settings.cache_batch_size, show_progress=settings.show_progress)
-        cache_seconds[f"{ratio:g}"] = time.perf_counter() - t0
-        splits = prepare_splits(cache, {"train": _dataset(train_ex), "dev": _dataset(dev_ex),
-                                        "test": _dataset(data["eval"])}, "single")
+        exp = prepare_experiment(backbone, task, cache_root / f"{backbone_tag(backbone)}-ratio-{ratio:g}",
+                                 batch_size=settings.cache_batch_size, show_progress=settings.show_progress)
+        cache, splits = exp.cache, exp.data
+        cache_seconds[f"{ratio:g}"] = exp.cache_seconds
         ratio_specs = [spec.resolved(cache, splits["train"].idx1) for spec in specs]  # e.g. target_density -> tau
         for spec in ratio_specs:
             if spec.name == "glot":
-                graph_stats[(ratio, spec.label)] = {**_graph_stats(spec, cache, splits["test"].idx1),
+                graph_stats[(ratio, spec.label)] = {**graph_stats_of(spec, cache, splits["test"].idx1),
                                                     "tau": spec.kwargs.get("tau")}
         for budget in settings.budgets:
             base = replace(BUDGETS[budget], show_progress=False, precision=settings.precision)
@@ -186,7 +139,7 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
     atomic_write_json(out_dir / "results.json", result)
     table = format_table(summary, settings, result["graph"])
     atomic_write_text(out_dir / "results.md", table)
-    from glotpool.report import plot_accuracy_vs_ratio
+    from glotpool.experiments.report import plot_accuracy_vs_ratio
 
     for budget in settings.budgets:
         plot_accuracy_vs_ratio(summary, budget, out_dir / f"accuracy_vs_ratio_{budget}.png",
@@ -247,8 +200,8 @@ def format_table(summary: dict, settings: StressSettings, graph: list[dict]) -> 
 
 
 def _token_weight_figure(out_dir: Path, records, backbone, weight_examples, settings: StressSettings) -> None:
-    from glotpool.poolers import load_pooler
-    from glotpool.report import plot_token_weights
+    from glotpool.pooling import load_pooler
+    from glotpool.experiments.report import plot_token_weights
 
     cache, eval_examples, splits = weight_examples
     kept = [r for r in records if r["ratio"] == max(settings.ratios) and r["budget"] == settings.budgets[-1]

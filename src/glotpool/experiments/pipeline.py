@@ -30,9 +30,10 @@ class MainJobSettings:
 
 
 def run_main_job(s: MainJobSettings, out_dir: str | Path) -> str:
-    from glotpool.backbone import load_backbone
-    from glotpool.compare import CompareSettings, run_compare
-    from glotpool.stress import StressSettings, run_stress
+    from glotpool.states.backbone import load_backbone
+    from glotpool.data import TaskSource
+    from glotpool.experiments.compare import CompareSettings, run_compare
+    from glotpool.experiments.stress import StressSettings, run_stress
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
@@ -46,12 +47,12 @@ def run_main_job(s: MainJobSettings, out_dir: str | Path) -> str:
                  "![accuracy vs ratio](stress/accuracy_vs_ratio_converged.png)", "",
                  "![token weights](stress/token_weights.png)", ""]
     if s.compare_task:
-        from glotpool.fetch import fetch_corpora
+        from glotpool.data.fetch import fetch_corpora
 
         if s.compare_task in ("pang-lee", "snli"):
             fetch_corpora(s.data_dir, only=s.compare_task)
-        run_compare(CompareSettings(backbone=s.backbone, task=s.compare_task, data_dir=s.data_dir,
-                                    seeds=s.compare_seeds, max_train=s.compare_max_train,
+        source = TaskSource(task=s.compare_task, data_dir=s.data_dir, max_train=s.compare_max_train)
+        run_compare(CompareSettings(backbone=s.backbone, source=source, seeds=s.compare_seeds,
                                     show_progress=s.show_progress),
                     out_dir / f"compare-{s.compare_task}", backbone=backbone)
         sections += [(out_dir / f"compare-{s.compare_task}" / "results.md").read_text().replace("# ", "## ", 1), "",

@@ -18,10 +18,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from glotpool.cache import build_cache
-from glotpool.experiment import PoolerSpec, fmt_mean_std, mean_std, run_one
+from glotpool.data import LoadedTask, TaskSource
+from glotpool.data.stressgen import StressConfig, make_stress_data, stress_splits, token_counter
+from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, mean_std, parse_value, run_one
+from glotpool.experiments.scaffold import graph_stats, prepare_experiment
 from glotpool.io_utils import atomic_write_json, atomic_write_text
-from glotpool.train import DEFAULT_METRIC, TrainConfig, prepare_splits
+from glotpool.training.heads import default_metric
+from glotpool.training.trainer import TrainConfig
 
 # short grid names -> GLOTPooling options
 ALIASES = {"layers": "num_layers", "hidden": "hidden_dim", "K": "num_layers", "F": "hidden_dim"}
@@ -29,15 +32,13 @@ ALIASES = {"layers": "num_layers", "hidden": "hidden_dim", "K": "num_layers", "F
 
 def parse_grid(items: list[str]) -> dict[str, list]:
     """``["tau=0.0,0.2", "conv=gat,gcn"]`` -> ``{"tau": [0.0, 0.2], "conv": ["gat", "gcn"]}``."""
-    from glotpool.experiment import _parse_value
-
     grid = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"bad grid item {item!r}; write key=v1,v2,... e.g. tau=0.2,0.4")
         key, values = item.split("=", 1)
         key = ALIASES.get(key.strip(), key.strip())
-        vals = [_parse_value(v.strip()) for v in values.split(",") if v.strip()]
+        vals = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
         if not vals:
             raise ValueError(f"grid key {key!r} has no values")
         grid[key] = vals
@@ -47,56 +48,51 @@ def parse_grid(items: list[str]) -> dict[str, list]:
 @dataclass
 class SweepSettings:
     backbone: str = "minilm"
-    task: str = "pang-lee"  # preset name, or "stress:<ratio>"
-    data_dir: str | None = None
+    source: TaskSource = field(default_factory=TaskSource)  # a preset task or local files ...
+    stress_ratio: float | None = None  # ... or the stress test's data at this ratio (--task stress:<ratio>)
     pooler: str = "glot"
     base_options: dict = field(default_factory=dict)
     grid: dict = field(default_factory=lambda: {"tau": [0.0, 0.2, 0.4, 0.6, 0.8]})
     seeds: tuple[int, ...] = (0, 1, 2)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-3, patience=4))
-    max_train: int | None = None
+    cache_dir: str | None = None  # default OUT/cache
     show_progress: bool = True
 
+    @property
+    def task_name(self) -> str:
+        return f"stress:{self.stress_ratio:g}" if self.stress_ratio is not None else (self.source.task or "local")
 
-def _load(settings: SweepSettings, backbone):
-    if settings.task.startswith("stress"):
-        from glotpool.stress import _dataset, split_by_pair
-        from glotpool.stressgen import StressConfig, make_stress_data, token_counter
 
-        ratio = float(settings.task.split(":", 1)[1]) if ":" in settings.task else 0.9
-        data = make_stress_data(StressConfig(ratio=ratio), count_tokens=token_counter(backbone.tokenizer),
-                                max_tokens=backbone.config.max_length)
-        tr, dev = split_by_pair(data["train"], 0.2, 0)
-        return "single", {"train": _dataset(tr), "dev": _dataset(dev), "test": _dataset(data["eval"])}, None, None
-    from glotpool.compare import CompareSettings, load_compare_data
-
-    _, task_type, splits, names, score_range = load_compare_data(
-        CompareSettings(task=settings.task, data_dir=settings.data_dir, max_train=settings.max_train))
-    return task_type, splits, names, score_range
+def _load(settings: SweepSettings, backbone) -> LoadedTask:
+    if settings.stress_ratio is None:
+        return settings.source.load()
+    ratio = settings.stress_ratio
+    data = make_stress_data(StressConfig(ratio=ratio), count_tokens=token_counter(backbone.tokenizer),
+                            max_tokens=backbone.config.max_length)
+    return LoadedTask(f"stress-{ratio:g}", "single", stress_splits(data, 0.2, 0))
 
 
 def run_sweep(settings: SweepSettings, out_dir: str | Path, backbone=None) -> dict:
-    from glotpool.backbone import load_backbone
-    from glotpool.stress import _graph_stats
+    from glotpool.states.backbone import load_backbone
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     backbone = backbone or load_backbone(settings.backbone)
-    task_type, splits, names, score_range = _load(settings, backbone)
-    texts = list(dict.fromkeys(t for ds in splits.values() for t in ds.texts + (ds.texts2 or [])))
-    cache = build_cache(backbone, texts, out_dir / "cache", show_progress=settings.show_progress)
-    data = prepare_splits(cache, splits, task_type, label_names=names, score_range=score_range)
+    task = _load(settings, backbone)
+    exp = prepare_experiment(backbone, task, settings.cache_dir or out_dir / "cache",
+                             show_progress=settings.show_progress)
+    cache, data, task_type = exp.cache, exp.data, task.task_type
     keys = list(settings.grid)
     points = [dict(zip(keys, combo)) for combo in itertools.product(*(settings.grid[k] for k in keys))]
     cfg = replace(settings.train, show_progress=False)
-    metric = cfg.metric or DEFAULT_METRIC[task_type]
+    metric = cfg.metric or default_metric(task_type)
     rows = []
     bar = tqdm(total=len(points) * len(settings.seeds), desc="sweep", unit="run", disable=not settings.show_progress)
     for point in points:
         label = ",".join(f"{k}={v}" for k, v in point.items())
         spec = PoolerSpec.of(settings.pooler, label=label, **{**settings.base_options, **point})
         spec = spec.resolved(cache, data["train"].idx1)
-        graph = _graph_stats(spec, cache, data["test"].idx1) if settings.pooler == "glot" else {}
+        graph = graph_stats(spec, cache, data["test"].idx1) if settings.pooler == "glot" else {}
         for seed in settings.seeds:
             bar.set_postfix_str(f"{label} seed {seed}")
             rec = run_one(spec, cache, data, cfg, seed=seed, run_dir=out_dir / "runs" / label / f"seed-{seed}")
@@ -115,7 +111,7 @@ def run_sweep(settings: SweepSettings, out_dir: str | Path, backbone=None) -> di
     writer.writerows(rows)
     atomic_write_text(out_dir / "runs.csv", buf.getvalue())
     atomic_write_text(out_dir / "summary.md", format_summary(rows, keys, metric, settings))
-    from glotpool.report import plot_lines
+    from glotpool.experiments.report import plot_lines
 
     for key in keys:
         xs = settings.grid[key]
@@ -123,12 +119,12 @@ def run_sweep(settings: SweepSettings, out_dir: str | Path, backbone=None) -> di
         stats = [mean_std(v) for v in per_x]
         plot_lines(xs, {settings.pooler: ([m for m, _ in stats], [s for _, s in stats])},
                    out_dir / f"sweep_{key}.png", xlabel=key, ylabel=f"test {metric} (%)",
-                   title=f"{settings.task}: {metric} vs {key} (other keys and seeds pooled)")
+                   title=f"{settings.task_name}: {metric} vs {key} (other keys and seeds pooled)")
     return result
 
 
 def format_summary(rows: list[dict], keys: list[str], metric: str, settings: SweepSettings) -> str:
-    lines = [f"# sweep — {settings.pooler} on {settings.task} (frozen {settings.backbone})", "",
+    lines = [f"# sweep — {settings.pooler} on {settings.task_name} (frozen {settings.backbone})", "",
              f"Test {metric} (%), mean ± std over seeds {list(settings.seeds)}; graph density = mean edges per token "
              "(self-loop included) on the test split.", "",
              "| " + " | ".join(keys) + f" | test {metric} | edges/token | params |",

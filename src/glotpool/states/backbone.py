@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .io_utils import atomic_dir, atomic_write_json, sha256_file
+from glotpool.io_utils import atomic_dir, atomic_write_json, sha256_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

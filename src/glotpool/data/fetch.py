@@ -33,7 +33,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from .io_utils import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+from glotpool.io_utils import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 
 CORPORA = ("pang-lee", "snli")
 PATTERN_CORPORA = Path("root/usr/share/doc/python3-pattern/test/corpora")
@@ -59,7 +59,7 @@ def default_data_dir() -> Path:
 
 
 def _log(msg: str) -> None:
-    print(f"[glotpool.fetch] {msg}", file=sys.stderr, flush=True)
+    print(f"[glotpool.data.fetch] {msg}", file=sys.stderr, flush=True)
 
 
 def _run(cmd: list[str], cwd: Path) -> None:

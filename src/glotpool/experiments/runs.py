@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from glotpool.cache import TokenCache
+from glotpool.states.cache import TokenCache
 from glotpool.io_utils import atomic_write_json
-from glotpool.train import CachedSplits, TrainConfig, TrainResult, seed_everything, train_pooler
+from glotpool.training.trainer import CachedSplits, TrainConfig, TrainResult, seed_everything, train_pooler
 
 
-def _parse_value(v: str):
+def parse_value(v: str):
+    """A CLI option value: true/false, none/null, int, float, else the string."""
     low = v.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -56,7 +57,7 @@ class PoolerSpec:
             if "=" not in item:
                 raise ValueError(f"bad pooler option {item!r} in {text!r}; write key=value, e.g. glot:tau=0.4")
             k, v = item.split("=", 1)
-            opts.append((k.strip(), _parse_value(v.strip())))
+            opts.append((k.strip(), parse_value(v.strip())))
         return cls(name.strip(), tuple(opts), label.strip() or (text.strip() if opts else name.strip()))
 
     @classmethod
@@ -73,7 +74,7 @@ class PoolerSpec:
         opts = self.kwargs
         if "target_density" not in opts:
             return self
-        from glotpool.graph import tau_for_density
+        from glotpool.pooling.graph import tau_for_density
 
         rng = np.random.default_rng(0)
         pick = rng.choice(rows, size=min(sample, len(rows)), replace=False)
@@ -107,6 +108,19 @@ class RunRecord:
         return float((self.test or {}).get(self.metric, math.nan))
 
 
+def build_model(spec: PoolerSpec, in_dim: int, data: CachedSplits, head_options: dict | None = None):
+    """``(pooler, head)`` for ``spec`` on states of width ``in_dim`` and ``data``'s task (classifier heads get the
+    task's number of labels). The one place a runner turns a spec into modules: `run_one`, `dist train`."""
+    from glotpool.pooling import build_pooler
+    from glotpool.training.heads import build_head, head_class
+
+    pooler = build_pooler(spec.name, in_dim=in_dim, **spec.kwargs)
+    head_opts = dict(head_options or {})
+    if head_class(data.task_type).is_classification:
+        head_opts.setdefault("num_labels", data.num_labels)
+    return pooler, build_head(data.task_type, pooler.out_dim, **head_opts)
+
+
 def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainConfig, *, seed: int,
             run_dir: str | Path | None = None, head_options: dict | None = None, save_model: bool = False,
             extra: dict | None = None) -> RunRecord:
@@ -114,9 +128,6 @@ def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainC
 
     ``save_model=True`` also keeps the best weights in ``run_dir/best/`` (``pooler/``, ``head/``).
     """
-    from glotpool.poolers import build_pooler
-    from glotpool.tasks import build_head
-
     cfg = replace(cfg, seed=seed)
     spec = spec.resolved(cache, data["train"].idx1)
     settings = {"label": spec.label, "pooler": spec.name, "options": spec.kwargs, "seed": seed,
@@ -129,11 +140,7 @@ def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainC
             if saved.get("settings") == json.loads(json.dumps(settings)):
                 return RunRecord(**saved["record"])
     seed_everything(seed)
-    pooler = build_pooler(spec.name, in_dim=cache.dim, **spec.kwargs)
-    head_opts = dict(head_options or {})
-    if data.task_type in ("single", "pair"):
-        head_opts.setdefault("num_labels", data.num_labels)
-    head = build_head(data.task_type, pooler.out_dim, **head_opts)
+    pooler, head = build_model(spec, cache.dim, data, head_options)
     result: TrainResult = train_pooler(pooler, head, cache, data, cfg,
                                        out_dir=run_dir if (save_model and run_dir is not None) else None)
     rec = RunRecord(label=spec.label, pooler=spec.name, options=spec.kwargs, seed=seed,
