@@ -69,17 +69,18 @@ class PoolerSpec:
         return dict(self.options)
 
     def resolved(self, cache: TokenCache, rows: np.ndarray, sample: int = 256) -> "PoolerSpec":
-        """Resolve data-dependent options: ``target_density=x`` becomes the ``tau`` that gives density ``x`` on up
-        to ``sample`` of the given cache rows (the train split; never the test split)."""
+        """Resolve data-dependent options: with ``target_density=x`` (GLOT) and no explicit ``tau``, ``tau`` becomes
+        the threshold that gives density ``x`` on up to ``sample`` of the given cache rows (the train split; never
+        the test split), through :meth:`GLOTPooling.calibrate_tau`."""
         opts = self.kwargs
-        if "target_density" not in opts:
+        if opts.get("target_density") is None or "tau" in opts:
             return self
-        from glotpool.pooling.graph import tau_for_density
+        from glotpool.pooling import build_pooler
 
         rng = np.random.default_rng(0)
         pick = rng.choice(rows, size=min(sample, len(rows)), replace=False)
         h, mask = cache.batch(pick)
-        opts["tau"] = round(tau_for_density(h, mask, float(opts.pop("target_density")), bool(opts.get("center"))), 4)
+        opts["tau"] = build_pooler(self.name, in_dim=cache.dim, **opts).calibrate_tau(h, mask)
         return replace(self, options=tuple(sorted(opts.items())))
 
     def with_options(self, **options) -> "PoolerSpec":

@@ -21,21 +21,18 @@ this module is reachable.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from glotpool.io_utils import atomic_path, atomic_write_json
+from glotpool.configured import ConfiguredModule
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
 
 POOLERS: dict[str, type["Pooler"]] = {}
 
@@ -123,22 +120,18 @@ class PoolerConfig:
     in_dim: int
 
 
-class Pooler(nn.Module):
+class Pooler(ConfiguredModule):
     """Base class. Subclasses set ``Config``, implement ``_pool`` and ``out_dim``."""
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = "pooler"
     Config: ClassVar[type] = PoolerConfig
 
     def __init__(self, in_dim: int, **options):
         super().__init__()
-        field_names = [f.name for f in dataclasses.fields(self.Config)]
-        unknown = sorted(set(options) - set(field_names))
-        if unknown:
-            valid = ", ".join(f for f in field_names if f != "in_dim") or "(none)"
-            raise ValueError(f"unknown option(s) {unknown} for pooler {self.name!r}; valid options: {valid}")
-        if not isinstance(in_dim, int) or in_dim < 1:
+        if not isinstance(in_dim, int) or isinstance(in_dim, bool) or in_dim < 1:
             raise ValueError(f"in_dim must be a positive int (the backbone's hidden size), got {in_dim!r}")
-        self.config = self.Config(in_dim=in_dim, **options)
+        self._configure(self.name, in_dim=in_dim, **options)
 
     @property
     def in_dim(self) -> int:
@@ -173,50 +166,21 @@ class Pooler(nn.Module):
     # --- persistence -------------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``config.json`` + ``model.safetensors`` into folder ``path`` (each file written atomically)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"glotpool_pooler": self.name})
-        from glotpool import __version__
-
-        atomic_write_json(path / CONFIG_NAME, {"pooler": self.name, "config": asdict(self.config),
-                                               "format_version": FORMAT_VERSION, "glotpool_version": __version__})
+        self._save(path, CONFIG_NAME, WEIGHTS_NAME, {"pooler": self.name}, {"glotpool_pooler": self.name})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Pooler":
         """Load a pooler saved by :meth:`save_pretrained`. On a subclass, the saved pooler must be of that type."""
-        from safetensors.torch import load_file
-
         path = Path(path)
-        cfg_file = path / CONFIG_NAME
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"no pooler at {path}: {CONFIG_NAME} is missing (save one with "
-                                    "pooler.save_pretrained(path))")
-        meta = json.loads(cfg_file.read_text())
-        if "pooler" not in meta or "config" not in meta:
-            raise ValueError(f"{cfg_file} is not a glotpool pooler config (keys 'pooler' and 'config' expected)")
-        if meta.get("format_version", 1) > FORMAT_VERSION:
-            raise ValueError(f"{cfg_file} has format_version {meta['format_version']}, newer than this glotpool "
-                             f"understands ({FORMAT_VERSION}); upgrade glotpool")
+        meta = cls._read_config(path, CONFIG_NAME, "pooler", ("pooler", "config"), "pooler.save_pretrained(path)")
         name = meta["pooler"]
         if name not in POOLERS:
-            raise ValueError(f"{cfg_file} names unknown pooler {name!r}; known: {', '.join(sorted(POOLERS))}")
+            raise ValueError(f"{path / CONFIG_NAME} names unknown pooler {name!r}; known: {', '.join(sorted(POOLERS))}")
         if cls is not Pooler and POOLERS[name] is not cls:
             raise ValueError(f"{path} holds a {name!r} pooler, not {cls.name!r}; load it with "
                              f"glotpool.load_pooler({str(path)!r})")
-        cfg = dict(meta["config"])
-        pooler = POOLERS[name](**cfg)
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} is missing next to {CONFIG_NAME}")
-        state = load_file(str(weights), device=str(map_location))
-        missing, unexpected = pooler.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights} does not match the {name!r} config: missing {missing}, "
-                             f"unexpected {unexpected}")
+        pooler = POOLERS[name](**dict(meta["config"]))
+        pooler._load_weights(path / WEIGHTS_NAME, map_location)
         return pooler
 
 

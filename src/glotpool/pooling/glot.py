@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from glotpool.pooling.base import Pooler, PoolerConfig, check_inputs, register_pooler
-from glotpool.pooling.gnn import CONVS, JK_MODES, TokenGNN
-from glotpool.pooling.graph import GRAPH_RULES, build_graph, edges_per_token
+from glotpool.pooling.gnn import CONV_TABLE, CONVS, JK_MODES, TokenGNN
+from glotpool.pooling.graph import GRAPH_RULES, build_graph, edges_per_token, tau_for_density
 from glotpool.pooling.readout import AttentionReadout
 from glotpool.pooling.sparse import (SPARSE_RULES, chunked_edge_index, edge_index_to_dense, edges_per_graph, pack,
                                      sparse_glot)
@@ -20,7 +20,8 @@ class GLOTConfig(PoolerConfig):
     num_layers: int = 2  # K
     conv: str = "gat"  # gat | gcn | gin | gatv2
     graph: str = "threshold"  # threshold | knn | soft
-    tau: float = 0.6  # cosine threshold of the threshold rule
+    tau: float | None = 0.6  # cosine threshold of the threshold rule (None until calibrated, see target_density)
+    target_density: float | None = None  # choose tau for this edge density on training states: calibrate_tau()
     k: int = 8  # neighbours of the knn rule
     center: bool = False  # subtract the sentence mean before the cosine (anisotropic decoder states)
     temperature: float = 0.1  # softmax temperature of the soft rule (gcn/gin only)
@@ -66,7 +67,7 @@ class GLOTPooling(Pooler):
         if c.graph == "soft":
             if not c.temperature > 0:
                 raise ValueError(f"graph='soft' needs temperature > 0, got temperature={c.temperature}")
-            if c.conv in ("gat", "gatv2"):
+            if CONV_TABLE[c.conv].mask_only:
                 # GAT's attention only reads A as a 0/1 mask: soft weights would silently become a complete graph
                 raise ValueError(f"graph='soft' gives weighted edges, which conv={c.conv!r} cannot use (GAT "
                                  "attention treats the adjacency as a 0/1 mask); use conv='gcn' or conv='gin', "
@@ -86,6 +87,14 @@ class GLOTPooling(Pooler):
                                  "(knn is capped by k): leave max_degree=None")
             if isinstance(c.max_degree, bool) or not isinstance(c.max_degree, int) or c.max_degree < 1:
                 raise ValueError(f"max_degree must be None or an int >= 1, got {c.max_degree!r}")
+        if c.target_density is not None:
+            if isinstance(c.target_density, bool) or not 0.0 < c.target_density < 1.0:
+                raise ValueError(f"target_density must be in (0, 1), got {c.target_density!r}")
+            if c.graph != "threshold":
+                raise ValueError(f"target_density calibrates the threshold rule's tau; graph={c.graph!r} does not "
+                                 "use tau (leave target_density=None)")
+            if "tau" not in options:
+                c.tau = None  # not calibrated yet: forward refuses until calibrate_tau() runs
         self.gnn = TokenGNN(in_dim, c.hidden_dim, c.num_layers, c.conv, c.jk, c.dropout)
         self.readout = AttentionReadout(self.gnn.out_dim, c.readout_hidden)
 
@@ -102,9 +111,23 @@ class GLOTPooling(Pooler):
         c = self.config
         return c.sparse is True or (c.sparse == "auto" and length > c.sparse_min_length)
 
+    @torch.no_grad()
+    def calibrate_tau(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> float:
+        """Set ``tau`` to the threshold that keeps ``target_density`` of the token pairs of these (training)
+        sentences' graphs; returns it. Never calibrate on test data."""
+        c = self.config
+        if c.target_density is None:
+            raise ValueError("calibrate_tau needs target_density (e.g. build_pooler('glot', target_density=0.05))")
+        h, mask = check_inputs(hidden_states, attention_mask, self.in_dim)
+        c.tau = round(tau_for_density(h, mask, c.target_density, c.center), 4)
+        return c.tau
+
     def build_graph(self, h: Tensor, mask: Tensor) -> Tensor:
         """The token graph ``A [B, L, L]`` this pooler uses for a (validated) batch."""
         c = self.config
+        if c.graph == "threshold" and c.tau is None:
+            raise ValueError(f"tau is not calibrated (target_density={c.target_density}): call "
+                             "pooler.calibrate_tau(train_states, train_mask) before pooling")
         if c.max_degree is not None:  # the capped rule is defined by the sparse search; densify its edges
             return edge_index_to_dense(self.build_edge_index(h, mask), mask, dtype=h.dtype)
         return build_graph(h, mask, c.graph, tau=c.tau, k=c.k, center=c.center, temperature=c.temperature)
@@ -113,6 +136,9 @@ class GLOTPooling(Pooler):
         """The same graph as :meth:`build_graph` as ``edge_index [2, E]`` over the packed real tokens
         (:func:`glotpool.pooling.sparse.pack`), built in chunks of ``chunk_size`` query rows (no ``L × L`` tensor)."""
         c = self.config
+        if c.graph == "threshold" and c.tau is None:
+            raise ValueError(f"tau is not calibrated (target_density={c.target_density}): call "
+                             "pooler.calibrate_tau(train_states, train_mask) before pooling")
         return chunked_edge_index(h, mask, c.graph, tau=c.tau, k=c.k, center=c.center,
                                   max_degree=c.max_degree, chunk_size=c.chunk_size)
 

@@ -18,27 +18,44 @@ own :class:`~glotpool.pooling.layers.DenseGATv2Conv`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.dense import DenseGATConv, DenseGCNConv, DenseGINConv
 
-CONVS = ("gat", "gcn", "gin", "gatv2")
+from glotpool.pooling.layers import DenseGATv2Conv
+
+@dataclass
+class ConvKind:
+    """One row of the conv table: everything glotpool knows about a kind of graph convolution."""
+
+    build: Callable[[int, int], nn.Module]  # (in_dim, out_dim) -> the dense batched layer
+    mask_only: bool  # attention convs read A only as a 0/1 mask: a weighted (soft) graph would become complete
+    sparse: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None  # (layer, x [N, F], edge_index) -> [N, F']
+    # with the dense layer's own parameters; registered by glotpool.pooling.sparse (@sparse_form)
+
+
+def _gin(in_dim: int, out_dim: int) -> nn.Module:
+    return DenseGINConv(nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim)))
+
+
+# The conv table: adding a conv is one row here (+ its @sparse_form in sparse.py for long documents).
+CONV_TABLE: dict[str, ConvKind] = {
+    "gat": ConvKind(lambda i, o: DenseGATConv(i, o, heads=1), mask_only=True),
+    "gcn": ConvKind(DenseGCNConv, mask_only=False),
+    "gin": ConvKind(_gin, mask_only=False),
+    "gatv2": ConvKind(DenseGATv2Conv, mask_only=True),
+}
+CONVS = tuple(CONV_TABLE)
 JK_MODES = ("cat", "max", "mean", "last")
 
 
 def make_conv(conv: str, in_dim: int, out_dim: int) -> nn.Module:
-    if conv == "gat":
-        return DenseGATConv(in_dim, out_dim, heads=1)
-    if conv == "gcn":
-        return DenseGCNConv(in_dim, out_dim)
-    if conv == "gin":
-        mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
-        return DenseGINConv(mlp)
-    if conv == "gatv2":
-        from glotpool.pooling.layers import DenseGATv2Conv
-
-        return DenseGATv2Conv(in_dim, out_dim)
-    raise ValueError(f"unknown conv {conv!r}; valid convs: {', '.join(CONVS)}")
+    if conv not in CONV_TABLE:
+        raise ValueError(f"unknown conv {conv!r}; valid convs: {', '.join(CONVS)}")
+    return CONV_TABLE[conv].build(in_dim, out_dim)
 
 
 def check_layer_stack(num_layers: int, jk: str) -> None:
@@ -71,6 +88,7 @@ class TokenGNN(nn.Module):
         super().__init__()
         check_layer_stack(num_layers, jk)
         self.in_dim, self.hidden_dim, self.num_layers, self.jk = in_dim, hidden_dim, num_layers, jk
+        self.conv = conv  # its row of CONV_TABLE (the sparse path looks its edge-list form up there)
         dims = [in_dim] + [hidden_dim] * num_layers
         self.convs = nn.ModuleList(make_conv(conv, dims[i], dims[i + 1]) for i in range(num_layers))
         self.dropout = nn.Dropout(dropout)

@@ -44,17 +44,24 @@ GRAPH_RULES = ("threshold", "knn", "soft")
 
 
 @torch.no_grad()
-def cosine_similarity(h: Tensor, mask: Tensor, center: bool = False) -> Tensor:
-    """Pairwise cosine similarity of tokens. ``h [B, L, D]``, ``mask [B, L]`` (bool) → ``S [B, L, L]``.
-
-    Entries that touch padding are meaningless; callers mask them.
-    """
+def unit_states(h: Tensor, mask: Tensor, center: bool = False) -> Tensor:
+    """Unit-norm token states ``[B, L, D]`` (fp32, or fp64 if given), optionally centred on each sentence's mean
+    over real tokens first. The one definition both graph paths use: dense (:func:`cosine_similarity`) and
+    sparse (:func:`glotpool.pooling.sparse.chunked_edge_index`) graphs are equal only because they share it."""
     h = h if h.dtype == torch.float64 else h.float()
     if center:
         m = mask.unsqueeze(-1).to(h.dtype)
         mean = (h * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
         h = h - mean
-    hn = torch.nn.functional.normalize(h, dim=-1, eps=1e-8)
+    return torch.nn.functional.normalize(h, dim=-1, eps=1e-8)
+
+
+def cosine_similarity(h: Tensor, mask: Tensor, center: bool = False) -> Tensor:
+    """Pairwise cosine similarity of tokens. ``h [B, L, D]``, ``mask [B, L]`` (bool) → ``S [B, L, L]``.
+
+    Entries that touch padding are meaningless; callers mask them.
+    """
+    hn = unit_states(h, mask, center)
     return hn @ hn.transpose(1, 2)
 
 

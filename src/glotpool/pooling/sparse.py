@@ -72,12 +72,22 @@ from torch_geometric.nn.dense import DenseGATConv, DenseGCNConv, DenseGINConv
 from torch.utils.checkpoint import checkpoint
 from torch_geometric.utils import scatter, softmax, to_undirected
 
-from glotpool.pooling.gnn import TokenGNN, jumping_knowledge
+from glotpool.pooling.gnn import CONV_TABLE, TokenGNN, jumping_knowledge
+from glotpool.pooling.graph import unit_states
 from glotpool.pooling.layers import DenseGATv2Conv
 from glotpool.pooling.readout import AttentionReadout
 
 SPARSE_RULES = ("threshold", "knn")
 DEFAULT_CHUNK_SIZE = 1024
+
+
+def sparse_form(conv_name: str):
+    """Decorator: register the edge-list form of conv ``conv_name`` in the conv table
+    (:data:`glotpool.pooling.gnn.CONV_TABLE`), next to its dense layer."""
+    def deco(fn):
+        CONV_TABLE[conv_name].sparse = fn
+        return fn
+    return deco
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -106,16 +116,6 @@ def node_index(mask: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------------------------------------------
 # chunked neighbour search
-
-
-def _unit_states(h: Tensor, mask: Tensor, center: bool) -> Tensor:
-    """Unit-norm states ``[B, L, D]``, computed with the same ops as :func:`glotpool.pooling.graph.cosine_similarity`."""
-    h = h if h.dtype == torch.float64 else h.float()
-    if center:
-        m = mask.unsqueeze(-1).to(h.dtype)
-        mean = (h * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
-        h = h - mean
-    return torch.nn.functional.normalize(h, dim=-1, eps=1e-8)
 
 
 def _blocks(B: int, L: int, chunk_size: int) -> Iterator[tuple[int, int, int, int]]:
@@ -152,7 +152,7 @@ def chunked_edge_index(h: Tensor, mask: Tensor, rule: str = "knn", *, tau: float
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     mask = mask.bool()
     B, L, _ = h.shape
-    hn = _unit_states(h, mask, center)
+    hn = unit_states(h, mask, center)
     ids = node_index(mask)
     n_nodes = int(mask.sum())
     top = k if rule == "knn" else max_degree  # None: plain threshold
@@ -257,57 +257,73 @@ def _gatv2_logits(xs: Tensor, xd: Tensor, att: Tensor, src: Tensor, dst: Tensor,
 # message passing with the dense layers' parameters
 
 
-def sparse_conv(conv: torch.nn.Module, x: Tensor, edge_index: Tensor) -> Tensor:
-    """Run a dense layer of :class:`~glotpool.pooling.gnn.TokenGNN` on ``x [N, F_in]`` and ``edge_index [2, E]``.
-
-    Equals ``conv(x_dense, A, mask, add_loop=True)`` at the real tokens when ``edge_index`` holds every self-loop.
-    """
+@sparse_form("gat")
+def _sparse_gat(conv: DenseGATConv, x: Tensor, edge_index: Tensor) -> Tensor:
     src, dst = edge_index
     n = x.shape[0]
-    if isinstance(conv, DenseGATConv):
-        H, C = conv.heads, conv.out_channels
-        xw = conv.lin(x).view(n, H, C)
-        a_src = (xw * conv.att_src.view(1, H, C)).sum(-1)  # [N, H]
-        a_dst = (xw * conv.att_dst.view(1, H, C)).sum(-1)
-        e = F.leaky_relu(a_src[src] + a_dst[dst], conv.negative_slope)  # [E, H]
-        alpha = softmax(e, dst, num_nodes=n)
-        alpha = F.dropout(alpha, p=conv.dropout, training=conv.training)
-        out = torch.stack([aggregate(alpha[:, i], xw[:, i], edge_index) for i in range(H)], 1)  # [N, H, C]
-        out = out.reshape(n, H * C) if conv.concat else out.mean(1)
-        return out + conv.bias if conv.bias is not None else out
-    if isinstance(conv, DenseGCNConv):
-        xw = conv.lin(x)
-        w = torch.ones(src.shape[0], dtype=xw.dtype, device=x.device)
-        if conv.improved:  # dense: A_ii = 2
-            w = torch.where(src == dst, 2.0, w)
-        deg = scatter(w, dst, dim=0, dim_size=n, reduce="sum")  # row sums of A
-        dinv = deg.clamp(min=1).pow(-0.5)
-        norm = dinv[dst] * w * dinv[src]
-        out = aggregate(norm, xw, edge_index)
-        return out + conv.bias if conv.bias is not None else out
-    if isinstance(conv, DenseGINConv):
-        agg = aggregate(torch.ones_like(src, dtype=x.dtype), x, edge_index)  # A @ x (self-loop included)
-        return conv.nn((1 + conv.eps) * x + agg)
-    if isinstance(conv, DenseGATv2Conv):
-        xs, xd = conv.lin_src(x), conv.lin_dst(x)
-        # the logits need an F-vector per edge (GATv2's dynamic attention): computed in edge chunks and, when
-        # training, recomputed in backward (checkpoint), so at most [chunk, F] of them exist at a time
-        parts = []
-        for c in _edge_chunks(src.shape[0], xs.shape[1]):
-            args = (xs, xd, conv.att, src[c], dst[c], conv.negative_slope)
-            grad = torch.is_grad_enabled() and (xs.requires_grad or conv.att.requires_grad)
-            parts.append(checkpoint(_gatv2_logits, *args, use_reentrant=False) if grad else _gatv2_logits(*args))
-        e = torch.cat(parts)  # [E]
-        alpha = F.dropout(softmax(e, dst, num_nodes=n), p=conv.dropout, training=conv.training)
-        return aggregate(alpha, xs, edge_index) + conv.bias
-    raise ValueError(f"no sparse message passing for layer {type(conv).__name__}")
+    H, C = conv.heads, conv.out_channels
+    xw = conv.lin(x).view(n, H, C)
+    a_src = (xw * conv.att_src.view(1, H, C)).sum(-1)  # [N, H]
+    a_dst = (xw * conv.att_dst.view(1, H, C)).sum(-1)
+    e = F.leaky_relu(a_src[src] + a_dst[dst], conv.negative_slope)  # [E, H]
+    alpha = softmax(e, dst, num_nodes=n)
+    alpha = F.dropout(alpha, p=conv.dropout, training=conv.training)
+    out = torch.stack([aggregate(alpha[:, i], xw[:, i], edge_index) for i in range(H)], 1)  # [N, H, C]
+    out = out.reshape(n, H * C) if conv.concat else out.mean(1)
+    return out + conv.bias if conv.bias is not None else out
+
+
+@sparse_form("gcn")
+def _sparse_gcn(conv: DenseGCNConv, x: Tensor, edge_index: Tensor) -> Tensor:
+    src, dst = edge_index
+    xw = conv.lin(x)
+    w = torch.ones(src.shape[0], dtype=xw.dtype, device=x.device)
+    if conv.improved:  # dense: A_ii = 2
+        w = torch.where(src == dst, 2.0, w)
+    deg = scatter(w, dst, dim=0, dim_size=x.shape[0], reduce="sum")  # row sums of A
+    dinv = deg.clamp(min=1).pow(-0.5)
+    norm = dinv[dst] * w * dinv[src]
+    out = aggregate(norm, xw, edge_index)
+    return out + conv.bias if conv.bias is not None else out
+
+
+@sparse_form("gin")
+def _sparse_gin(conv: DenseGINConv, x: Tensor, edge_index: Tensor) -> Tensor:
+    agg = aggregate(torch.ones_like(edge_index[0], dtype=x.dtype), x, edge_index)  # A @ x (self-loop included)
+    return conv.nn((1 + conv.eps) * x + agg)
+
+
+@sparse_form("gatv2")
+def _sparse_gatv2(conv: DenseGATv2Conv, x: Tensor, edge_index: Tensor) -> Tensor:
+    src, dst = edge_index
+    xs, xd = conv.lin_src(x), conv.lin_dst(x)
+    # the logits need an F-vector per edge (GATv2's dynamic attention): computed in edge chunks and, when
+    # training, recomputed in backward (checkpoint), so at most [chunk, F] of them exist at a time
+    parts = []
+    for c in _edge_chunks(src.shape[0], xs.shape[1]):
+        args = (xs, xd, conv.att, src[c], dst[c], conv.negative_slope)
+        grad = torch.is_grad_enabled() and (xs.requires_grad or conv.att.requires_grad)
+        parts.append(checkpoint(_gatv2_logits, *args, use_reentrant=False) if grad else _gatv2_logits(*args))
+    e = torch.cat(parts)  # [E]
+    alpha = F.dropout(softmax(e, dst, num_nodes=x.shape[0]), p=conv.dropout, training=conv.training)
+    return aggregate(alpha, xs, edge_index) + conv.bias
+
+
+def sparse_conv(conv_name: str, layer: torch.nn.Module, x: Tensor, edge_index: Tensor) -> Tensor:
+    """Run a dense layer of :class:`~glotpool.pooling.gnn.TokenGNN` (kind ``conv_name`` of the conv table) on
+    ``x [N, F_in]`` and ``edge_index [2, E]``. Equals ``layer(x_dense, A, mask, add_loop=True)`` at the real
+    tokens when ``edge_index`` holds every self-loop."""
+    form = CONV_TABLE[conv_name].sparse
+    if form is None:
+        raise ValueError(f"conv {conv_name!r} has no sparse message passing; use sparse=False")
+    return form(layer, x, edge_index)
 
 
 def sparse_gnn_forward(gnn: TokenGNN, x: Tensor, edge_index: Tensor) -> Tensor:
     """:meth:`TokenGNN.forward` on a packed graph: ``x [N, D]`` → ``U [N, gnn.out_dim]``, same parameters."""
     layers, h = [x], x
     for conv in gnn.convs:
-        h = torch.relu(sparse_conv(conv, gnn.dropout(h), edge_index))
+        h = torch.relu(sparse_conv(gnn.conv, conv, gnn.dropout(h), edge_index))
         layers.append(h)
     return jumping_knowledge(layers, gnn.jk)
 

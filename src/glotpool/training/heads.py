@@ -14,10 +14,8 @@ Each head: ``forward(z1, z2=None) -> out``, ``loss(out, target)``, ``predictions
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glotpool.io_utils import atomic_path, atomic_write_json
+from glotpool.configured import ConfiguredModule
 
 HEADS: dict[str, type["TaskHead"]] = {}  # task type -> head class: the one owner of the task-type facts
 
@@ -40,7 +38,8 @@ class HeadConfig:
     dim: int  # the pooler's out_dim
 
 
-class TaskHead(nn.Module):
+class TaskHead(ConfiguredModule):
+    kind: ClassVar[str] = "head"
     task_type: ClassVar[str] = ""
     is_pair: ClassVar[bool] = False  # takes two texts per example
     is_classification: ClassVar[bool] = False  # class labels -> label ids, num_labels, class weights
@@ -49,12 +48,7 @@ class TaskHead(nn.Module):
 
     def __init__(self, dim: int, **options):
         super().__init__()
-        names = [f.name for f in dataclasses.fields(self.Config)]
-        unknown = sorted(set(options) - set(names))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for a {self.task_type!r} head; valid: "
-                             f"{', '.join(n for n in names if n != 'dim') or '(none)'}")
-        self.config = self.Config(dim=dim, **options)
+        self._configure(self.task_type, dim=dim, **options)
 
     def loss(self, out: Tensor, target: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -63,28 +57,16 @@ class TaskHead(nn.Module):
         return out
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path / "head.safetensors") as tmp:
-            save_file(state, str(tmp))
-        atomic_write_json(path / "head.json", {"task_type": self.task_type, "config": asdict(self.config)})
+        """Write ``head.json`` + ``head.safetensors`` into folder ``path`` (each file written atomically)."""
+        self._save(path, "head.json", "head.safetensors", {"task_type": self.task_type})
 
     @staticmethod
     def from_pretrained(path: str | os.PathLike) -> "TaskHead":
-        from safetensors.torch import load_file
-
         path = Path(path)
-        if not (path / "head.json").is_file():
-            raise FileNotFoundError(f"no task head at {path}: head.json is missing")
-        meta = json.loads((path / "head.json").read_text())
-        cfg = dict(meta["config"])
-        if "class_weights" in cfg and cfg["class_weights"] is not None:
-            cfg["class_weights"] = list(cfg["class_weights"])
-        head = build_head(meta["task_type"], **cfg)
-        head.load_state_dict(load_file(str(path / "head.safetensors")))
+        meta = ConfiguredModule._read_config(path, "head.json", "task head", ("task_type", "config"),
+                                             "head.save_pretrained(path)")
+        head = build_head(meta["task_type"], **dict(meta["config"]))
+        head._load_weights(path / "head.safetensors")
         return head
 
 
