@@ -315,7 +315,7 @@ def test_snli_preset_on_fixture_no_premise_leakage():
 
 
 def test_offline_preset_missing_data_says_how_to_fetch(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="fetch_data.py"):
+    with pytest.raises(FileNotFoundError, match="glotpool fetch-data"):
         load_task("snli", data_dir=tmp_path)
     monkeypatch.setenv("GLOTPOOL_DATA", str(DATA))
     assert len(load_task("pang-lee")[1]["test"]) == 20
@@ -353,3 +353,36 @@ def test_fetch_pang_lee_verifies_and_is_idempotent(tmp_path, monkeypatch):
         fetch.fetch_pang_lee(tmp_path)
     with pytest.raises(ValueError, match="unknown corpus"):
         fetch.fetch_corpora(tmp_path, only="imdb")
+
+
+def test_fetch_with_a_relative_data_dir_from_another_folder(tmp_path, monkeypatch):
+    """The fresh-machine bug: dpkg-deb ran with cwd=raw but got paths relative to the caller's folder."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.fail("dpkg-deb is needed to fetch the Pang & Lee corpus (Debian / Ubuntu)")
+    # a real .deb with the corpus file where python3-pattern has it, built with dpkg-deb itself
+    pkg = tmp_path / "pkg"
+    corpora = pkg / "usr/share/doc/python3-pattern/test/corpora"
+    corpora.mkdir(parents=True)
+    (corpora / fetch.PANG_LEE_FILE).write_bytes(RAW_PANG_LEE.read_bytes())
+    (pkg / "DEBIAN").mkdir()
+    (pkg / "DEBIAN" / "control").write_text("Package: python3-pattern\nVersion: 0.0-test\nArchitecture: all\n"
+                                            "Maintainer: test <t@example.org>\nDescription: test corpus\n")
+    work = tmp_path / "work"
+    (work / "data" / "pattern").mkdir(parents=True)
+    deb = work / "data" / "pattern" / "python3-pattern_0.0-test_all.deb"
+    subprocess.run(["dpkg-deb", "--build", str(pkg), str(deb)], check=True, capture_output=True)
+    monkeypatch.setitem(fetch.EXPECTED, "pang-lee",
+                        {"sentences.csv": {"rows": 12, "labels": {"positive": 6, "negative": 6}}})
+    monkeypatch.chdir(work)  # the user's folder; the data folder is given relative to it
+    out = fetch.fetch_corpora("data", only="pang-lee")["pang-lee"]
+    assert (work / "data" / "pang-lee" / "sentences.csv").is_file()
+    assert len(read_table(work / out, label_col="label")) == 12
+    # a failed download is one clear error that names the retry command
+    (work / "data" / "pattern" / "root").rename(work / "gone")
+    deb.write_bytes(b"not a deb")
+    (work / "data" / "pang-lee" / "MANIFEST.json").unlink()
+    with pytest.raises(fetch.FetchError, match="retry with `glotpool fetch-data --data-dir data --only pang-lee`"):
+        fetch.fetch_corpora("data", only="pang-lee")

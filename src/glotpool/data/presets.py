@@ -162,7 +162,7 @@ def load_task(
       captionID together too - so no premise is in both train and dev)
       and ``DATA_DIR/snli/test.jsonl``.
 
-    ``DATA_DIR`` = ``data_dir`` or ``$GLOTPOOL_DATA`` or ``./data``; fill it with ``python scripts/fetch_data.py``.
+    ``DATA_DIR`` = ``data_dir`` or ``$GLOTPOOL_DATA`` or ``./data``; fill it with ``glotpool fetch-data``.
     ``max_train`` keeps a seeded (stratified) subsample of train; dev/test are untouched.
     """
     if name not in PRESETS:
@@ -180,7 +180,7 @@ def load_task(
         need = ["sentences.csv"] if name == "pang-lee" else list(preset.splits.values())
         missing = [f for f in need if not (folder / f).is_file()]
         if missing:
-            raise FileNotFoundError(f"{folder}: missing {missing}; run `python scripts/fetch_data.py --data-dir "
+            raise FileNotFoundError(f"{folder}: missing {missing}; run `glotpool fetch-data --data-dir "
                                     f"{root} --only {name}` (or set GLOTPOOL_DATA)")
         if name == "pang-lee":
             ds = read_table(folder / "sentences.csv", text_col="text", label_col="label")
@@ -196,7 +196,7 @@ def load_task(
             bad = sorted({y for y in ds.labels} - set(preset.label_names), key=str)
             if bad:
                 raise ValueError(f"{folder} ({split}): labels {bad} are not among {list(preset.label_names)}; "
-                                 "re-run scripts/fetch_data.py")
+                                 "re-run `glotpool fetch-data`")
     if max_train is not None:
         splits["train"] = subsample(splits["train"], max_train, seed=seed)
     return preset, {k: splits[k] for k in ("train", "dev", "test")}

@@ -2,6 +2,8 @@
 
     glotpool run --out runs/main
 
+    glotpool run --smoke --out runs/smoke     (the same wiring at a tiny size: under 3 minutes; CI runs it)
+
 Sized to finish in about 15 minutes on a 2-core CPU with the embedded MiniLM package model: the stress test at
 r ∈ {0.2, 0.5, 0.8, 0.9} with the converged budget and fewer seeds than the full `glotpool stress`, and the Pang & Lee
 sentence-polarity comparison. Everything is cached and resumable, so a rerun after an interruption continues.
@@ -9,7 +11,7 @@ sentence-polarity comparison. Everything is cached and resumable, so a rerun aft
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from glotpool.io_utils import atomic_write_text
@@ -21,40 +23,55 @@ class MainJobSettings:
     stress_seeds: tuple[int, ...] = (0, 1)
     stress_ratios: tuple[float, ...] = (0.2, 0.5, 0.8, 0.9)
     stress_budgets: tuple[str, ...] = ("converged",)
+    stress_n_train: int = 2000
+    stress_n_eval: int = 500
+    stress_max_epochs: int | None = None  # cap the budget's epochs (the smoke run)
     compare_task: str | None = "pang-lee"
     compare_seeds: tuple[int, ...] = (0, 1, 2)
     compare_max_train: int | None = None
+    compare_epochs: int | None = None  # default: CompareSettings' budget
     data_dir: str | None = None
     show_progress: bool = True
-    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def smoke(cls, **overrides) -> "MainJobSettings":
+        """The same wiring end to end at a tiny size (CI runs it from an empty data folder): fetch, cache, stress
+        at one ratio with one seed, a one-seed comparison on 400 training sentences, the report and figures."""
+        small = dict(stress_seeds=(0,), stress_ratios=(0.9,), stress_n_train=200, stress_n_eval=100,
+                     stress_max_epochs=3, compare_seeds=(0,), compare_max_train=400, compare_epochs=3)
+        return cls(**{**small, **overrides})
 
 
 def run_main_job(s: MainJobSettings, out_dir: str | Path) -> str:
-    from glotpool.states.backbone import load_backbone
+    from dataclasses import replace
+
     from glotpool.data import TaskSource
+    from glotpool.data.fetch import CORPORA, fetch_corpora
     from glotpool.experiments.compare import CompareSettings, run_compare
     from glotpool.experiments.stress import StressSettings, run_stress
+    from glotpool.states.backbone import load_backbone
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
+    if s.compare_task in CORPORA:  # first: a download fault must fail in seconds, not after the stress test
+        fetch_corpora(s.data_dir, only=s.compare_task)
     backbone = load_backbone(s.backbone)
     sections = [f"# glotpool report — frozen {s.backbone}", ""]
     run_stress(StressSettings(backbone=s.backbone, ratios=s.stress_ratios, seeds=s.stress_seeds,
-                              budgets=s.stress_budgets, show_progress=s.show_progress),
+                              budgets=s.stress_budgets, n_train=s.stress_n_train, n_eval=s.stress_n_eval,
+                              max_epochs=s.stress_max_epochs, show_progress=s.show_progress),
                out_dir / "stress", backbone=backbone)
     sections += [(out_dir / "stress" / "results.md").read_text().replace("# Stress test", "## Stress test", 1)
                  .replace("\n## ", "\n### "), "",
                  "![accuracy vs ratio](stress/accuracy_vs_ratio_converged.png)", "",
                  "![token weights](stress/token_weights.png)", ""]
     if s.compare_task:
-        from glotpool.data.fetch import fetch_corpora
-
-        if s.compare_task in ("pang-lee", "snli"):
-            fetch_corpora(s.data_dir, only=s.compare_task)
         source = TaskSource(task=s.compare_task, data_dir=s.data_dir, max_train=s.compare_max_train)
-        run_compare(CompareSettings(backbone=s.backbone, source=source, seeds=s.compare_seeds,
-                                    show_progress=s.show_progress),
-                    out_dir / f"compare-{s.compare_task}", backbone=backbone)
+        settings = CompareSettings(backbone=s.backbone, source=source, seeds=s.compare_seeds,
+                                   show_progress=s.show_progress)
+        if s.compare_epochs is not None:
+            settings.train = replace(settings.train, epochs=s.compare_epochs)
+        run_compare(settings, out_dir / f"compare-{s.compare_task}", backbone=backbone)
         sections += [(out_dir / f"compare-{s.compare_task}" / "results.md").read_text().replace("# ", "## ", 1), "",
                      f"![comparison](compare-{s.compare_task}/comparison.png)", ""]
     sections.append(f"_Total time {time.perf_counter() - t0:.0f} s (cached steps are reused on reruns)._")

@@ -61,6 +61,7 @@ class StressSettings:
     precision: str = "fp32"  # training precision: fp32 | bf16 (autocast)
     cache_dir: str | None = None  # where the per-ratio caches live (default OUT/cache); share it between runs
     weight_figure_sentences: int = 3
+    max_epochs: int | None = None  # cap every budget's epochs (smoke runs)
     show_progress: bool = True
 
 
@@ -103,6 +104,8 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
                                                     "tau": spec.kwargs.get("tau")}
         for budget in settings.budgets:
             base = replace(BUDGETS[budget], show_progress=False, precision=settings.precision)
+            if settings.max_epochs is not None:
+                base = replace(base, epochs=min(base.epochs, settings.max_epochs))
             for spec in ratio_specs:
                 run_root = out_dir / "runs" / f"ratio-{ratio:g}" / budget / spec.label
                 grid = settings.lr_grid if budget == "converged" else (base.lr,)
