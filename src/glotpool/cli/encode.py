@@ -27,17 +27,12 @@ from typing import Iterator
 
 import numpy as np
 
-_SHOWN = 10
+from glotpool.io_utils import ROWS_SHOWN, rows_str
+
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # streaming table reader
-
-
-def _rows_str(rows: list[int], total: int | None = None) -> str:
-    total = len(rows) if total is None else total
-    shown = ", ".join(str(r) for r in rows[:_SHOWN])
-    return shown + (f", ... ({total - min(len(rows), _SHOWN)} more)" if total > _SHOWN else "")
 
 
 def _table_format(path: Path) -> str:
@@ -139,7 +134,7 @@ def scan_table(path, text_cols: list[str], id_col: str | None, chunk_size: int) 
                 s.seen.update(c for c in cols if chunk[c][j] is not None)
             if any(not as_text(chunk[c][j]) for c in text_cols):
                 s.empty += 1
-                if len(s.empty_rows) < _SHOWN:
+                if len(s.empty_rows) < ROWS_SHOWN:
                     s.empty_rows.append(start + j + 1)
         s.rows += n
     if s.rows == 0:
@@ -156,7 +151,7 @@ def check_empty(scan: Scan, path, on_empty: str, what: str) -> None:
     """Reject (``error``) or announce (``nan``) the empty texts the scan found."""
     if not scan.empty:
         return
-    rows = _rows_str(scan.empty_rows, scan.empty)
+    rows = rows_str(scan.empty_rows, scan.empty)
     if on_empty == "error":
         raise ValueError(f"{path}: {scan.empty} empty text(s) at data row(s) {rows}; fix or remove them, or pass "
                          f"--on-empty nan to give them {what}")
@@ -173,12 +168,12 @@ class TruncationTally:
     def add(self, report: dict, row_numbers: list[int]) -> None:
         self.count += report["truncated"]
         self.longest = max(self.longest, report["longest"])
-        self.rows += [row_numbers[i] for i in report["indices"][:_SHOWN - len(self.rows)]]
+        self.rows += [row_numbers[i] for i in report["indices"][:ROWS_SHOWN - len(self.rows)]]
 
     def print(self) -> None:
         if self.count:
             print(f"note: {self.count} text(s) exceed max_length={self.max_length} tokens and were truncated "
-                  f"(data rows {_rows_str(self.rows, self.count)}; longest {self.longest} tokens)", file=sys.stderr)
+                  f"(data rows {rows_str(self.rows, self.count)}; longest {self.longest} tokens)", file=sys.stderr)
 
     def as_dict(self) -> dict:
         return {"max_length": self.max_length, "truncated": self.count, "first_rows": self.rows,

@@ -23,13 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-
-_MAX_ROWS_SHOWN = 10
-
-
-def _rows_str(rows: Sequence[int]) -> str:
-    shown = ", ".join(str(r) for r in rows[:_MAX_ROWS_SHOWN])
-    return shown + (f", ... ({len(rows) - _MAX_ROWS_SHOWN} more)" if len(rows) > _MAX_ROWS_SHOWN else "")
+from glotpool.io_utils import rows_str
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -99,7 +93,7 @@ def _columns_to_dataset(
         vals = [("" if v is None else str(v)).strip() for v in cols[col]]
         empty = [i + 1 for i, v in enumerate(vals) if not v]
         if empty:
-            raise ValueError(f"{source}: empty text in column {col!r} at row(s) {_rows_str(empty)}; "
+            raise ValueError(f"{source}: empty text in column {col!r} at row(s) {rows_str(empty)}; "
                              "fix or remove those rows")
         return vals
 
@@ -110,12 +104,12 @@ def _columns_to_dataset(
         raw = [v.strip() if isinstance(v, str) else v for v in cols[label_col]]
         bad = [i + 1 for i, v in enumerate(raw) if v is None or v == ""]
         if bad:
-            raise ValueError(f"{source}: missing label in column {label_col!r} at row(s) {_rows_str(bad)}")
+            raise ValueError(f"{source}: missing label in column {label_col!r} at row(s) {rows_str(bad)}")
         if label_names is not None:  # integer class ids (HF ClassLabel) -> names; -1 = hidden label
             k = len(label_names)
             bad = [i + 1 for i, v in enumerate(raw) if not (isinstance(v, (int, np.integer)) and 0 <= v < k)]
             if bad:
-                raise ValueError(f"{source}: label(s) outside 0..{k - 1} at row(s) {_rows_str(bad)} (e.g. "
+                raise ValueError(f"{source}: label(s) outside 0..{k - 1} at row(s) {rows_str(bad)} (e.g. "
                                  f"{raw[bad[0] - 1]!r}); -1 means the labels of this split are hidden (GLUE test)")
             raw = [label_names[int(v)] for v in raw]
         labels = raw
@@ -131,7 +125,7 @@ def _columns_to_dataset(
                 f = float("nan")
             labels.append(f)
         if bad:
-            raise ValueError(f"{source}: score column {score_col!r} is not a finite number at row(s) {_rows_str(bad)}"
+            raise ValueError(f"{source}: score column {score_col!r} is not a finite number at row(s) {rows_str(bad)}"
                              f" (e.g. {cols[score_col][bad[0] - 1]!r})")
     groups = list(cols[group_col]) if group_col is not None else None
     return TextDataset(texts, texts2, labels, groups)
@@ -155,7 +149,7 @@ def _read_delimited(path: Path, delimiter: str, encoding: str, has_header: bool,
         raise ValueError(f"{path}: duplicate column names {names}")
     ragged = [i + 1 for i, r in enumerate(body) if len(r) != len(names)]
     if ragged:
-        raise ValueError(f"{path}: row(s) {_rows_str(ragged)} have a different number of fields than the "
+        raise ValueError(f"{path}: row(s) {rows_str(ragged)} have a different number of fields than the "
                          f"{len(names)} columns {names} (first bad row has {len(body[ragged[0] - 1])}); check the "
                          "delimiter and quoting")
     cols = {name: [r[j] for r in body] for j, name in enumerate(names)}
@@ -179,7 +173,7 @@ def _read_jsonl(path: Path, encoding: str) -> tuple[dict[str, list], int]:
                     raise ValueError(f"{path}: line {lineno} is not valid JSON ({e})") from None
     bad = [i + 1 for i, r in enumerate(records) if not isinstance(r, dict)]
     if bad:
-        raise ValueError(f"{path}: row(s) {_rows_str(bad)} are not JSON objects")
+        raise ValueError(f"{path}: row(s) {rows_str(bad)} are not JSON objects")
     names: dict[str, None] = {}
     for r in records:  # union of keys, in first-seen order
         names.update(dict.fromkeys(r))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from glotpool.pooling.base import Pooler, PoolerConfig, register_pooler
-from glotpool.pooling.gnn import check_layer_stack, jk_out_dim, jumping_knowledge
+from glotpool.pooling.gnn import TokenLayerStack, jumping_knowledge
 from glotpool.pooling.readout import AttentionReadout, masked_softmax
 
 def _mean_weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -192,34 +192,23 @@ class PMAPooling(Pooler):
 # "no graph" ablation of GLOT
 
 
-class TokenMLP(nn.Module):
+class TokenMLP(TokenLayerStack):
     """Per-token twin of :class:`glotpool.pooling.gnn.TokenGNN`: ``Hᵏ = ReLU(Hᵏ⁻¹ W_k + b_k)``, same jumping knowledge.
 
     A GCN layer holds exactly one ``[in, out]`` weight and one bias, so this has the same parameter count as
     GLOT-GCN's GNN; it is GLOT-GCN with ``A = I``, minus the degree normalisation. Padding rows are zero.
     """
 
+    layers_name = "lins"
+
     def __init__(self, in_dim: int, hidden_dim: int = 256, num_layers: int = 2, jk: str = "cat",
                  dropout: float = 0.0):
-        super().__init__()
-        check_layer_stack(num_layers, jk)
-        self.in_dim, self.hidden_dim, self.num_layers, self.jk = in_dim, hidden_dim, num_layers, jk
-        dims = [in_dim] + [hidden_dim] * num_layers
-        self.lins = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
-
-    @property
-    def out_dim(self) -> int:
-        return jk_out_dim(self.in_dim, self.hidden_dim, self.num_layers, self.jk)
-
-    def reset_parameters(self) -> None:
-        for lin in self.lins:
-            lin.reset_parameters()
+        super().__init__(in_dim, hidden_dim, num_layers, jk, dropout, nn.Linear)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         keep = mask.unsqueeze(-1).to(x.dtype)
         layers, h = [x], x
-        for lin in self.lins:
+        for lin in self.layers:
             h = torch.relu(lin(self.dropout(h))) * keep
             layers.append(h)
         return jumping_knowledge(layers, self.jk)

@@ -52,12 +52,6 @@ CONVS = tuple(CONV_TABLE)
 JK_MODES = ("cat", "max", "mean", "last")
 
 
-def make_conv(conv: str, in_dim: int, out_dim: int) -> nn.Module:
-    if conv not in CONV_TABLE:
-        raise ValueError(f"unknown conv {conv!r}; valid convs: {', '.join(CONVS)}")
-    return CONV_TABLE[conv].build(in_dim, out_dim)
-
-
 def check_layer_stack(num_layers: int, jk: str) -> None:
     """Validate the depth / jumping-knowledge pair shared by every per-token layer stack."""
     if jk not in JK_MODES:
@@ -82,29 +76,49 @@ def jumping_knowledge(layers: list[Tensor], jk: str) -> Tensor:
     return stacked.max(0).values if jk == "max" else stacked.mean(0)
 
 
-class TokenGNN(nn.Module):
-    def __init__(self, in_dim: int, hidden_dim: int = 256, num_layers: int = 2, conv: str = "gat",
-                 jk: str = "cat", dropout: float = 0.0):
+class TokenLayerStack(nn.Module):
+    """K per-token layers ``in_dim -> hidden_dim -> ... -> hidden_dim`` with jumping knowledge over
+    ``[H⁰, H¹, …, Hᴷ]``: the shape shared by :class:`TokenGNN` and the graph-free
+    :class:`~glotpool.pooling.attention.TokenMLP`. Subclasses build ``self.layers`` and implement ``forward``."""
+
+    layers_name: str = "layers"  # attribute (and state_dict prefix) of the layer list: kept stable for saved weights
+
+    def __init__(self, in_dim: int, hidden_dim: int, num_layers: int, jk: str, dropout: float,
+                 make_layer: Callable[[int, int], nn.Module]):
         super().__init__()
         check_layer_stack(num_layers, jk)
         self.in_dim, self.hidden_dim, self.num_layers, self.jk = in_dim, hidden_dim, num_layers, jk
-        self.conv = conv  # its row of CONV_TABLE (the sparse path looks its edge-list form up there)
         dims = [in_dim] + [hidden_dim] * num_layers
-        self.convs = nn.ModuleList(make_conv(conv, dims[i], dims[i + 1]) for i in range(num_layers))
+        setattr(self, self.layers_name, nn.ModuleList(make_layer(dims[i], dims[i + 1]) for i in range(num_layers)))
         self.dropout = nn.Dropout(dropout)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return getattr(self, self.layers_name)
 
     @property
     def out_dim(self) -> int:
         return jk_out_dim(self.in_dim, self.hidden_dim, self.num_layers, self.jk)
 
     def reset_parameters(self) -> None:
-        for conv in self.convs:
-            conv.reset_parameters()
+        for layer in self.layers:
+            layer.reset_parameters()
+
+
+class TokenGNN(TokenLayerStack):
+    layers_name = "convs"
+
+    def __init__(self, in_dim: int, hidden_dim: int = 256, num_layers: int = 2, conv: str = "gat",
+                 jk: str = "cat", dropout: float = 0.0):
+        if conv not in CONV_TABLE:
+            raise ValueError(f"unknown conv {conv!r}; valid convs: {', '.join(CONVS)}")
+        super().__init__(in_dim, hidden_dim, num_layers, jk, dropout, CONV_TABLE[conv].build)
+        self.conv = conv  # its row of CONV_TABLE (the sparse path looks its edge-list form up there)
 
     def forward(self, x: Tensor, adj: Tensor, mask: Tensor) -> Tensor:
         layers = [x]
         h = x
-        for conv in self.convs:
+        for conv in self.layers:
             # add_loop=True sets A_ii = 1 on every position: real tokens have that self-loop already, and on
             # padding it keeps GAT's softmax rows finite (an all -inf row is NaN); padding outputs are masked to 0.
             h = torch.relu(conv(self.dropout(h), adj, mask=mask, add_loop=True))

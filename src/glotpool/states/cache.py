@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from glotpool.states.backbone import Backbone, iter_encoded, length_sorted_batches, token_lengths
-from glotpool.io_utils import atomic_path, atomic_write_json, sha256_file, sha256_texts
+from glotpool.io_utils import atomic_path, atomic_write_json, dict_diff, sha256_file, sha256_texts
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +98,10 @@ def _write_shard(path: Path, states: torch.Tensor) -> dict:
             "tokens": int(states.shape[0])}
 
 
-def _diff(cached: object, wanted: object, prefix: str = "") -> list[str]:
-    """Human-readable differences between two (nested) JSON-like values."""
-    if isinstance(cached, dict) and isinstance(wanted, dict):
-        out = []
-        for k in sorted(set(cached) | set(wanted), key=str):
-            out += _diff(cached.get(k), wanted.get(k), f"{prefix}{k}.")
-        return out
-    return [] if cached == wanted else [f"{prefix.rstrip('.')}: cached {cached!r}, requested {wanted!r}"]
-
-
 def _check_same_key(out_dir: Path, record: dict, key: str, wanted: dict, what: str) -> None:
     if record.get("key") == key:
         return
-    diffs = _diff(record.get("meta", {}).get("identity", {}), wanted) or ["(cache format version)"]
+    diffs = dict_diff(record.get("meta", {}).get("identity", {}), wanted, "cached", "requested") or ["(cache format version)"]
     for j, d in enumerate(diffs):  # make the two common cases readable
         if d.startswith("texts_sha256:"):
             diffs[j] = "texts differ (other content or order)"
@@ -280,6 +270,22 @@ def _read_json(path: Path) -> dict:
                          f"rerun `glotpool cache` (or build_cache(..., overwrite=True))") from e
 
 
+def _read_texts(path: Path, meta: dict) -> list[str]:
+    """``texts.json`` of a cache, verified against ``meta.identity.texts_sha256`` (ValueError on any change)."""
+    fix = (f"delete {path} and rerun `glotpool cache` with the same arguments "
+           f"(or build_cache(..., overwrite=True))")
+    f = path / TEXTS
+    if not f.is_file():
+        raise ValueError(f"cache texts {f} is missing; {fix}")
+    texts = _read_json(f)
+    want = meta.get("identity", {}).get("texts_sha256")
+    if not isinstance(texts, list) or len(texts) != int(meta.get("n", len(texts))) or (
+            want is not None and sha256_texts(texts) != want):
+        raise ValueError(f"cache texts {f} do not match the cache index (edited, reordered or replaced: "
+                         f"texts_sha256 differs), so texts would be paired with other texts' states; {fix}")
+    return texts
+
+
 def open_cache(path: str | os.PathLike, verify: bool = True) -> "TokenCache":
     """Open a complete cache folder. ``verify`` checks every shard's sha256 (~1 GB/s); sizes are always checked."""
     path = Path(path)
@@ -304,7 +310,9 @@ def open_cache(path: str | os.PathLike, verify: bool = True) -> "TokenCache":
             raise ValueError(f"cache shard {f} is truncated or corrupt ({size} bytes, expected {rec['bytes']}); {fix}")
         if verify and sha256_file(f) != rec["sha256"]:
             raise ValueError(f"cache shard {f} is corrupt (sha256 mismatch); {fix}")
-    return TokenCache(path, index)
+    cache = TokenCache(path, index)
+    cache._texts = _read_texts(path, index["meta"])  # always: a wrong texts.json silently trains on wrong states
+    return cache
 
 
 class TokenCache:
@@ -386,9 +394,10 @@ class TokenCache:
 
     @property
     def texts(self) -> list[str]:
-        """The cached texts in cache order (loaded on first use)."""
+        """The cached texts in cache order (loaded on first use, checked against the index's ``texts_sha256``:
+        an edited or reordered texts.json would pair texts with other texts' states)."""
         if self._texts is None:
-            self._texts = json.loads((self.path / TEXTS).read_text(encoding="utf-8"))
+            self._texts = _read_texts(self.path, self.meta)
         return self._texts
 
     def lookup(self, texts: Sequence[str]) -> list[int]:
