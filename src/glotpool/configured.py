@@ -79,3 +79,13 @@ class ConfiguredModule(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{weights} does not match its config: missing {missing}, unexpected {unexpected}")
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Save into a temporary folder and upload it as Hub repo ``repo_id`` -> commit URL.
+
+        ``kwargs``: :func:`glotpool.hub.push_folder`'s (``private``, ``revision``, ``token``, ``commit_message``,
+        ``api``). Load it back with ``from_pretrained(repo_id)``.
+        """
+        from glotpool.hub import push_saved
+
+        return push_saved(self.save_pretrained, repo_id, **kwargs)

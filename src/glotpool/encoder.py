@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glotpool.states.backbone import DTYPES, Backbone, length_sorted_batches, load_backbone
+from glotpool.states.backbone import DTYPES, PRESETS, Backbone, length_sorted_batches, load_backbone
 from glotpool.io_utils import atomic_dir, atomic_write_json
 from glotpool.pooling import Pooler, load_pooler
 from glotpool.training.heads import TaskHead
@@ -124,14 +124,28 @@ class Encoder:
 
     # --- persistence ---------------------------------------------------------------------------------------------
     def backbone_reference(self) -> dict:
-        """What ``from_pretrained`` needs to find (and verify) the backbone again."""
+        """What ``from_pretrained`` needs to find (and verify) the backbone again, on this or another machine.
+
+        Portable names first: ``preset`` (an installed package), ``hub_id`` + ``hub_revision`` (a preset records the
+        id of the model it packages; a folder inside the HF cache gives its repo id and commit), then
+        ``local_path`` (absolute, this machine only). ``name_or_path`` is the most portable of them. The weights
+        sha256 and the full fingerprint decide whether what is found is the same backbone.
+        """
         c, fp = self.backbone.config, self.backbone.fingerprint()
         name = c.name_or_path
-        if Path(name).expanduser().is_dir():  # a local folder: absolute, so the model loads from any cwd
-            name = str(Path(name).expanduser().resolve())
-        return {"name_or_path": name, "revision": c.revision, "gguf_file": c.gguf_file, "layer": c.layer,
-                "max_length": c.max_length, "dtype": c.dtype, "padding_side": c.padding_side,
-                "hidden_size": self.backbone.dim, "weights_sha256": fp.get("weights_sha256"), "fingerprint": fp}
+        preset = name if name in PRESETS else None
+        local = Path(name).expanduser()
+        local_path = str(local.resolve()) if preset is None and local.is_dir() else None
+        hub_id, hub_revision = (PRESETS[preset].get("hub_id"), None) if preset else (None, None)
+        if local_path:
+            hub_id, hub_revision = _hub_identity(Path(local_path))
+        elif preset is None:  # a hub id
+            hub_id, hub_revision = name, c.revision or fp.get("revision")
+        return {"name_or_path": preset or hub_id or local_path or name, "preset": preset, "hub_id": hub_id,
+                "hub_revision": hub_revision, "local_path": local_path, "revision": c.revision,
+                "gguf_file": c.gguf_file, "layer": c.layer, "max_length": c.max_length, "dtype": c.dtype,
+                "padding_side": c.padding_side, "hidden_size": self.backbone.dim,
+                "weights_sha256": fp.get("weights_sha256"), "fingerprint": fp}
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``encoder.json``, ``labels.json``, ``pooler/`` and ``head/`` into ``path`` (replaced atomically)."""
@@ -161,15 +175,29 @@ class Encoder:
                 "weights, layer, max_length, dtype, tokenizer) and pass it as backbone=..., or pass "
                 "check_backbone=False (CLI: --no-backbone-check) to use this one anyway at your own risk.")
 
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Save into a temporary folder and upload it as Hub repo ``repo_id`` -> commit URL.
+
+        ``kwargs``: :func:`glotpool.hub.push_folder`'s (``private``, ``revision``, ``token``, ``commit_message``,
+        ``api``). Load it back anywhere with ``Encoder.from_pretrained(repo_id)``.
+        """
+        from glotpool.hub import push_saved
+
+        return push_saved(self.save_pretrained, repo_id, **kwargs)
+
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, backbone: Backbone | None = None, device: str = "auto",
-                        check_backbone: bool = True) -> "Encoder":
-        """Load a folder written by :meth:`save_pretrained`.
+                        check_backbone: bool = True, revision: str | None = None) -> "Encoder":
+        """Load a folder written by :meth:`save_pretrained`, or a Hub repo id holding one (``revision``: branch,
+        tag or commit; offline, ``HF_HUB_OFFLINE=1``, it is found in the local HF cache).
 
-        ``backbone=None`` loads the backbone named in ``encoder.json`` (a preset, hub id or folder) on ``device``.
-        Unless ``check_backbone=False`` the backbone's fingerprint must equal the stored one (ValueError otherwise).
+        ``backbone=None`` finds the backbone ``encoder.json`` names, on ``device``: its preset, its folder on this
+        machine, or its Hub id (+ revision), in that order. Unless ``check_backbone=False`` the backbone's
+        fingerprint must equal the stored one (ValueError naming the differences otherwise).
         """
-        path = Path(path)
+        from glotpool.hub import resolve_folder
+
+        path = resolve_folder(path, revision, what="encoder")
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
             hint = (" (this looks like a training run: use Encoder.from_run)"
@@ -182,21 +210,15 @@ class Encoder:
             raise ValueError(f"{cfg_file} has format_version {meta['format_version']}, newer than this glotpool "
                              f"understands ({FORMAT_VERSION}); upgrade glotpool")
         ref = meta["backbone"]
+        trained = dict(ref.get("fingerprint") or {})
+        trained["hidden_size"] = ref.get("hidden_size", trained.get("hidden_size"))
+        if ref.get("weights_sha256") or "weights_sha256" in trained:
+            trained["weights_sha256"] = ref.get("weights_sha256")
+        where = f"the encoder at {path}"
         if backbone is None:
-            name = ref["name_or_path"]
-            try:
-                backbone = load_backbone(name, layer=ref["layer"], max_length=ref["max_length"], dtype=ref["dtype"],
-                                         padding_side=ref["padding_side"], gguf_file=ref["gguf_file"],
-                                         revision=ref["revision"], device=device)
-            except (OSError, ModuleNotFoundError) as e:
-                raise type(e)(f"cannot load the backbone {name!r} this encoder was trained on ({e}); install or "
-                              f"copy it, or load it yourself and pass backbone=...") from e
-        if check_backbone:
-            trained = dict(ref.get("fingerprint") or {})
-            trained["hidden_size"] = ref.get("hidden_size", trained.get("hidden_size"))
-            if ref.get("weights_sha256") or "weights_sha256" in trained:
-                trained["weights_sha256"] = ref.get("weights_sha256")
-            cls.verify_backbone(trained, backbone, where=f"the encoder at {path}")
+            backbone = _find_backbone(ref, trained if check_backbone else None, device, where)
+        elif check_backbone:
+            cls.verify_backbone(trained, backbone, where=where)
         pooler = load_pooler(path / "pooler", map_location="cpu")
         head = TaskHead.from_pretrained(path / "head") if (path / "head").is_dir() else None
         return cls(backbone, pooler, head, label_names=meta.get("label_names"), task_type=meta.get("task_type"),
@@ -334,6 +356,77 @@ class Encoder:
         over = [i for i, n in enumerate(lengths) if n > max_len]
         return {"n": len(texts), "max_length": max_len, "truncated": len(over), "indices": over,
                 "longest": max(lengths, default=0)}
+
+
+def _hub_identity(folder: Path) -> tuple[str | None, str | None]:
+    """(repo id, commit) of a folder inside a Hugging Face cache (``models--org--name/snapshots/<commit>``)."""
+    parts = folder.parts
+    for i in range(len(parts) - 2):
+        if parts[i].startswith("models--") and parts[i + 1] == "snapshots":
+            return parts[i][len("models--"):].replace("--", "/"), parts[i + 2]
+    return None, None
+
+
+def _backbone_candidates(ref: dict) -> list[tuple[str, str, dict]]:
+    """Where the backbone of ``ref`` may be, most portable first: (label, name_or_path, extra load kwargs)."""
+    from glotpool.hub import resolve_folder
+
+    name = ref["name_or_path"]
+    preset = ref.get("preset") or (name if name in PRESETS else None)
+    out, seen = [], set()
+
+    def add(label, target, **kw):
+        if target and target not in seen:
+            seen.add(target)
+            out.append((label, target, kw))
+
+    if preset:
+        add(f"preset {preset!r}", preset)
+    for local in (ref.get("local_path"), name):
+        if local and Path(local).expanduser().is_dir():
+            add(f"folder {local}", str(local))
+    hub_id = ref.get("hub_id") or (name if preset is None and not Path(name).is_absolute() else None)
+    if hub_id:
+        hub_rev = ref.get("hub_revision") if ref.get("hub_id") else ref.get("revision")
+        if ref.get("weights_sha256") or preset or ref.get("local_path"):
+            # trained on a folder (a preset's, or a cached snapshot): load the snapshot as a folder, so the
+            # fingerprint is computed the same way (weights + tokenizer file hashes)
+            add(f"Hub repo {hub_id!r}", f"hub:{hub_id}",
+                resolve=lambda: str(resolve_folder(hub_id, hub_rev, what="backbone")))
+        else:
+            add(f"Hub repo {hub_id!r}", hub_id, revision=hub_rev)
+    return out
+
+
+def _find_backbone(ref: dict, trained: dict | None, device: str, where: str) -> Backbone:
+    """The first candidate of :func:`_backbone_candidates` that loads (and, with ``trained``, matches it)."""
+    kw = dict(layer=ref["layer"], max_length=ref["max_length"], dtype=ref["dtype"], padding_side=ref["padding_side"],
+              gguf_file=ref["gguf_file"], device=device)
+    failures, mismatch = [], None
+    candidates = _backbone_candidates(ref)
+    for label, target, extra in candidates:
+        extra = dict(extra)
+        try:
+            if "resolve" in extra:
+                target = extra.pop("resolve")()
+            bb = load_backbone(target, **{**kw, **extra})
+        except (OSError, ModuleNotFoundError, ImportError, ValueError) as e:
+            failures.append(f"{label}: {e}")
+            continue
+        if trained is None:
+            return bb
+        try:
+            Encoder.verify_backbone(trained, bb, where=where)
+            return bb
+        except ValueError as e:
+            mismatch = mismatch or e
+            failures.append(f"{label}: fingerprint differs")
+    if mismatch is not None:
+        raise mismatch
+    tried = "; ".join(failures) or "no reference to try"
+    raise FileNotFoundError(f"cannot find the backbone {ref['name_or_path']!r} {where} was trained on (tried: "
+                            f"{tried}); install the preset, put the model in the Hugging Face cache, or load it "
+                            f"yourself and pass backbone=...")
 
 
 def _run_backbone_fingerprint(run_dir: Path) -> dict | None:

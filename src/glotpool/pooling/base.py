@@ -169,9 +169,13 @@ class Pooler(ConfiguredModule):
         self._save(path, CONFIG_NAME, WEIGHTS_NAME, {"pooler": self.name}, {"glotpool_pooler": self.name})
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Pooler":
-        """Load a pooler saved by :meth:`save_pretrained`. On a subclass, the saved pooler must be of that type."""
-        path = Path(path)
+    def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                        revision: str | None = None, subfolder: str | None = None) -> "Pooler":
+        """Load a pooler saved by :meth:`save_pretrained`: a folder, or a Hub repo id (``revision``: branch, tag or
+        commit; ``subfolder``: a folder inside it). On a subclass, the saved pooler must be of that type."""
+        from glotpool.hub import resolve_folder
+
+        path = resolve_folder(path, revision, subfolder, what="pooler")
         meta = cls._read_config(path, CONFIG_NAME, "pooler", ("pooler", "config"), "pooler.save_pretrained(path)")
         name = meta["pooler"]
         if name not in POOLERS:
@@ -195,9 +199,10 @@ def build_pooler(name: str, in_dim: int, **options) -> Pooler:
     return POOLERS[name](in_dim=in_dim, **options)
 
 
-def load_pooler(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Pooler:
-    """Load any pooler saved with ``save_pretrained``."""
-    return Pooler.from_pretrained(path, map_location=map_location)
+def load_pooler(path: str | os.PathLike, map_location: str | torch.device = "cpu", revision: str | None = None,
+                subfolder: str | None = None) -> Pooler:
+    """Load any pooler saved with ``save_pretrained`` (a folder or a Hub repo id)."""
+    return Pooler.from_pretrained(path, map_location=map_location, revision=revision, subfolder=subfolder)
 
 
 def available_poolers() -> list[str]:

