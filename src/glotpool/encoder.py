@@ -147,8 +147,10 @@ class Encoder:
                 "padding_side": c.padding_side, "hidden_size": self.backbone.dim,
                 "weights_sha256": fp.get("weights_sha256"), "fingerprint": fp}
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write ``encoder.json``, ``labels.json``, ``pooler/`` and ``head/`` into ``path`` (replaced atomically)."""
+    def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write ``encoder.json``, ``labels.json``, ``pooler/`` and ``head/`` into ``path`` (replaced atomically).
+
+        An existing non-empty ``path`` that is not an encoder folder is refused unless ``overwrite=True``."""
         from glotpool import __version__
 
         labels = {"task_type": self.task_type, "label_names": self.label_names,
@@ -156,7 +158,7 @@ class Encoder:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "glotpool_version": __version__,
                 "backbone": self.backbone_reference(), "pooler": self.pooler.name, "dim": self.dim,
                 "head": self.head.task_type if self.head is not None else None, **labels}
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, CONFIG_NAME, overwrite, "glotpool encoder folder") as tmp:
             self.pooler.save_pretrained(tmp / "pooler")
             if self.head is not None:
                 self.head.save_pretrained(tmp / "head")

@@ -19,7 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", default="minilm", help="backbone for --pooler (default minilm)")
     p.add_argument("--layer", type=int, default=-1, help="backbone layer for --pooler (default -1 = last)")
     p.add_argument("--max-length", type=int, default=256, help="truncation for --pooler (default 256)")
-    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically; a non-empty folder that is "
+                                                "not an earlier export is refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that is not an export")
     p.add_argument("--normalize", action="store_true", help="append a Normalize module (unit-length vectors)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
@@ -27,6 +29,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from glotpool.integrations.sentence_transformers import export_sentence_transformer
+    from glotpool.io_utils import refuse_foreign_dir
+
+    refuse_foreign_dir(args.out, "glotpool_export.json", args.overwrite, "glotpool sentence-transformers export")
 
     if args.model is not None:
         from glotpool.encoder import Encoder
@@ -39,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
         backbone = load_backbone(args.backbone, layer=args.layer, max_length=args.max_length, device=args.device)
         pooler = load_pooler(args.pooler)
-    out = export_sentence_transformer(backbone, pooler, args.out, normalize=args.normalize)
+    out = export_sentence_transformer(backbone, pooler, args.out, normalize=args.normalize,
+                                      overwrite=args.overwrite)
     print(f"wrote {out} (pooler {pooler.name!r}, dim {pooler.out_dim}); load it with "
           f"SentenceTransformer({str(out)!r}, trust_remote_code=True)", file=sys.stderr)
     return 0

@@ -31,7 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     p.add_argument("--layer", type=int, default=-1, help="hidden layer (0 = embeddings, -1 = last)")
     add_cache_dir_arg(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an OUT/cache built with other settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an OUT/cache built with other settings and a non-empty OUT/model that is not a "
+                        "glotpool model folder")
     p.add_argument("--quiet", action="store_true")
     add_train_args(p, d.train)
     p.set_defaults(func=run)
@@ -43,8 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from glotpool.experiments.scaffold import adapt_spec, prepare_experiment
     from glotpool.states.backbone import load_backbone
 
+    from glotpool.io_utils import refuse_foreign_dir
+
     out = Path(args.out)
     spec = PoolerSpec.parse(args.pooler)  # a bad spec fails before the backbone loads
+    refuse_foreign_dir(out, None, overwrite=True)  # --out must be creatable (not a file, parent writable)
+    refuse_foreign_dir(out / "model", "encoder.json", args.overwrite, "glotpool model folder")
     task = task_source(args).load()
     backbone = load_backbone(args.backbone, max_length=args.max_length, layer=args.layer)
     spec = adapt_spec(spec, backbone, announce=True)
@@ -53,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(train_config(args), show_progress=not args.quiet)
     rec = run_one(spec, exp.cache, exp.data, cfg, seed=args.seed, run_dir=out / "run", save_model=True)
     encoder = Encoder.from_run(out / "run", backbone)
-    encoder.save_pretrained(out / "model")
+    encoder.save_pretrained(out / "model", overwrite=args.overwrite)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in task.splits.items())
     print(f"# {task.name} ({task.task_type}), pooler {spec.label}, frozen {args.backbone}: best epoch "
           f"{rec.best_epoch}, {rec.trainable_parameters:,} trainable parameters; {sizes}")

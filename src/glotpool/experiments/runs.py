@@ -1,12 +1,17 @@
 """One training run = (pooler spec, seed, budget) on a cache; the unit that `compare`, `stress` and `sweep` repeat.
 
 Runs are resumable at run granularity: each finished run writes ``run.json`` (atomically) and a rerun with the same
-settings loads it instead of training again, so an interrupted sweep continues where it stopped.
+settings loads it instead of training again, so an interrupted sweep continues where it stopped. The settings are
+everything that changes the result: pooler spec, seed, training config, head options, the cache key (backbone +
+texts) and a fingerprint of the data (:func:`data_fingerprint`: every split's texts, labels / scores, label
+names). Any difference reruns the run and says why; it is never reused.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -58,7 +63,14 @@ class PoolerSpec:
                 raise ValueError(f"bad pooler option {item!r} in {text!r}; write key=value, e.g. glot:tau=0.4")
             k, v = item.split("=", 1)
             opts.append((k.strip(), parse_value(v.strip())))
-        return cls(name.strip(), tuple(opts), label.strip() or (text.strip() if opts else name.strip()))
+        spec = cls(name.strip(), tuple(opts), label.strip() or (text.strip() if opts else name.strip()))
+        from glotpool.pooling.base import check_pooler_options
+
+        try:  # types and ranges now, before any backbone loads or cache is built
+            check_pooler_options(spec.name, **spec.kwargs)
+        except ValueError as e:
+            raise ValueError(f"--pooler {text!r}: {e}") from None
+        return spec
 
     @classmethod
     def of(cls, name: str, label: str = "", **options) -> "PoolerSpec":
@@ -122,6 +134,30 @@ def build_model(spec: PoolerSpec, in_dim: int, data: CachedSplits, head_options:
     return pooler, build_head(data.task_type, pooler.out_dim, **head_opts)
 
 
+def data_fingerprint(data: CachedSplits) -> str:
+    """sha256 of what a run trains and is scored on: task type, label names, score range and, per split, its
+    cache rows (= its texts, given the cache key) and targets. Changes with any flipped / renamed label or any
+    text moved between splits."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"task_type": data.task_type, "label_names": data.label_names,
+                         "score_range": list(data.score_range) if data.score_range else None}).encode())
+    for name in sorted(data.splits):
+        s = data.splits[name]
+        h.update(f"\x00split:{name}:{len(s)}".encode())
+        for part, arr in (("idx1", s.idx1), ("idx2", s.idx2), ("targets", s.targets)):
+            h.update(f"\x00{part}:".encode())
+            if arr is not None:
+                a = np.ascontiguousarray(arr)
+                h.update(str(a.dtype).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+def _settings_diff(saved: dict, settings: dict) -> list[str]:
+    keys = sorted(set(saved) | set(settings))
+    names = {"data": "the data (texts, labels or splits)", "cache_key": "the cache (backbone or texts)"}
+    return [names.get(k, k) for k in keys if saved.get(k) != settings.get(k)]
+
+
 def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainConfig, *, seed: int,
             run_dir: str | Path | None = None, head_options: dict | None = None, save_model: bool = False,
             extra: dict | None = None) -> RunRecord:
@@ -133,13 +169,22 @@ def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainC
     spec = spec.resolved(cache, data["train"].idx1)
     settings = {"label": spec.label, "pooler": spec.name, "options": spec.kwargs, "seed": seed,
                 "train_config": {k: v for k, v in asdict(cfg).items() if k != "show_progress"},
-                "cache_key": cache.key, "head_options": head_options or {}}
+                "cache_key": cache.key, "head_options": head_options or {}, "data": data_fingerprint(data)}
     if run_dir is not None:
         done = Path(run_dir) / "run.json"
         if done.is_file():
-            saved = json.loads(done.read_text())
-            if saved.get("settings") == json.loads(json.dumps(settings)):
+            try:
+                saved = json.loads(done.read_text())
+            except ValueError:
+                saved = {}
+            wanted = json.loads(json.dumps(settings))
+            old = saved.get("settings") if isinstance(saved, dict) else None
+            if old == wanted and (not save_model or (Path(run_dir) / "best" / "pooler").is_dir()):
                 return RunRecord(**saved["record"])
+            why = ", ".join(_settings_diff(old, wanted)) if isinstance(old, dict) else "unreadable run.json"
+            print(f"note: {run_dir}: rerunning {spec.label} seed {seed}: the earlier run used other settings "
+                  f"({why or 'its saved model is missing'})", file=sys.stderr)
+            done.unlink()
     seed_everything(seed)
     pooler, head = build_model(spec, cache.dim, data, head_options)
     result: TrainResult = train_pooler(pooler, head, cache, data, cfg,

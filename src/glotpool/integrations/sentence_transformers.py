@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from sentence_transformers.base.modules import Module
 
-from glotpool.io_utils import atomic_dir, atomic_write_json
+from glotpool.io_utils import atomic_dir, atomic_write_json, refuse_foreign_dir
 from glotpool.pooling import Pooler, load_pooler
 
 MODULE_CONFIG = "glotpool_st.json"  # next to the pooler's config.json + model.safetensors
@@ -148,14 +148,15 @@ def build_sentence_transformer(backbone, pooler: Pooler, *, normalize: bool = Fa
 
 
 def export_sentence_transformer(backbone, pooler: Pooler, out_dir: str | os.PathLike, *,
-                                normalize: bool = False) -> Path:
+                                normalize: bool = False, overwrite: bool = False) -> Path:
     """Write a sentence-transformers folder (backbone weights + tokenizer + pooler) to ``out_dir``, atomically.
 
     Load it with :func:`load_sentence_transformer` (or ``SentenceTransformer(out_dir, trust_remote_code=True)``).
     """
     out_dir = Path(out_dir)
+    refuse_foreign_dir(out_dir, "glotpool_export.json", overwrite, "glotpool sentence-transformers export")
     st = build_sentence_transformer(backbone, pooler, normalize=normalize, device="cpu")
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "glotpool_export.json", overwrite, "glotpool sentence-transformers export") as tmp:
         st.save(str(tmp))
         atomic_write_json(tmp / "glotpool_export.json", {
             "backbone": backbone.config.name_or_path, "pooler": pooler.name, "layer": backbone.config.layer,

@@ -184,7 +184,7 @@ class Pooler(ConfiguredModule):
             raise ValueError(f"{path} holds a {name!r} pooler, not {cls.name!r}; load it with "
                              f"glotpool.load_pooler({str(path)!r})")
         pooler = POOLERS[name](**dict(meta["config"]))
-        pooler._load_weights(path / WEIGHTS_NAME, map_location)
+        pooler._load_weights(path / WEIGHTS_NAME, map_location, meta)
         return pooler
 
 
@@ -197,6 +197,24 @@ def build_pooler(name: str, in_dim: int, **options) -> Pooler:
     if name not in POOLERS:
         raise ValueError(f"unknown pooler {name!r}; valid poolers: {', '.join(sorted(POOLERS))}")
     return POOLERS[name](in_dim=in_dim, **options)
+
+
+def check_pooler_options(name: str, **options) -> None:
+    """ValueError for an unknown pooler, an unknown option or an option value of the wrong type / range, without
+    building anything (no in_dim needed): what a CLI checks before it loads a backbone."""
+    from glotpool.configured import check_config
+
+    if name not in POOLERS:
+        raise ValueError(f"unknown pooler {name!r}; valid poolers: {', '.join(sorted(POOLERS))}")
+    import dataclasses
+
+    cfg = POOLERS[name].Config
+    names = [f.name for f in dataclasses.fields(cfg)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        valid = ", ".join(n for n in names if n != "in_dim") or "(none)"
+        raise ValueError(f"unknown option(s) {unknown} for pooler {name!r}; valid options: {valid}")
+    check_config(cfg, options, f"pooler {name!r}")
 
 
 def load_pooler(path: str | os.PathLike, map_location: str | torch.device = "cpu", revision: str | None = None,

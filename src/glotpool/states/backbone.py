@@ -131,7 +131,7 @@ def convert_gguf(folder: Path, gguf_file: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=True) as tmp:  # glotpool's own conversion folder
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         atomic_write_json(tmp / "glotpool-source.json", {"gguf": str(src), "gguf_sha256": file_sha256(src)})

@@ -70,7 +70,7 @@ class TaskHead(ConfiguredModule):
         meta = ConfiguredModule._read_config(path, "head.json", "task head", ("task_type", "config"),
                                              "head.save_pretrained(path)")
         head = build_head(meta["task_type"], **dict(meta["config"]))
-        head._load_weights(path / "head.safetensors")
+        head._load_weights(path / "head.safetensors", meta=meta)
         return head
 
 

@@ -348,7 +348,7 @@ def environment() -> dict:
 def save_run(out_dir: str | Path, model: PoolerWithHead, result: TrainResult, cfg: TrainConfig,
              data: CachedSplits, cache: TokenCache) -> None:
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir / "best") as tmp:
+    with atomic_dir(out_dir / "best", marker="labels.json", what="glotpool run's best/ folder") as tmp:
         model.pooler.save_pretrained(tmp / "pooler")
         model.head.save_pretrained(tmp / "head")
         atomic_write_json(tmp / "labels.json", {"task_type": data.task_type, "label_names": data.label_names,
