@@ -72,7 +72,8 @@ def table(tmp_path):
 
 @pytest.mark.slow
 def test_train_writes_a_loadable_model_and_prints_metrics(model, capsys):
-    assert {p.name for p in (model / "model").iterdir()} == {"encoder.json", "labels.json", "pooler", "head"}
+    assert {p.name for p in (model / "model").iterdir()} == {"encoder.json", "labels.json", "pooler", "head",
+                                                            "README.md"}
     assert (model / "run" / "best" / "pooler").is_dir() and (model / "cache" / "index.json").is_file()
     labels = json.loads((model / "model" / "labels.json").read_text())
     assert labels["task_type"] == "single" and labels["label_names"] == ["negative", "positive"]

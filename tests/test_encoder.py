@@ -93,7 +93,8 @@ def test_save_load_round_trip_identical_vectors_and_predictions(minilm, tmp_path
     enc = Encoder(minilm, pooler, head, label_names=["neg", "neu", "pos"])
     assert enc.task_type == "single"
     enc.save_pretrained(tmp_path / "m")
-    assert {p.name for p in (tmp_path / "m").iterdir()} == {"encoder.json", "labels.json", "pooler", "head"}
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"encoder.json", "labels.json", "pooler", "head",
+                                                           "README.md"}
     meta = json.loads((tmp_path / "m" / "encoder.json").read_text())
     ref = meta["backbone"]
     assert ref["name_or_path"] == "minilm" and ref["hidden_size"] == 384 and ref["max_length"] == 256

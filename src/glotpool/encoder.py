@@ -92,7 +92,8 @@ class Encoder:
     """
 
     def __init__(self, backbone: Backbone, pooler: Pooler, head: TaskHead | None = None,
-                 label_names: list[str] | None = None, task_type: str | None = None, score_range=None):
+                 label_names: list[str] | None = None, task_type: str | None = None, score_range=None,
+                 training: dict | None = None):
         if pooler.in_dim != backbone.dim:
             raise ValueError(f"the pooler expects states of size {pooler.in_dim} but backbone "
                              f"{backbone.config.name_or_path!r} has hidden size {backbone.dim}; use the backbone "
@@ -113,6 +114,10 @@ class Encoder:
         self.label_names = list(label_names) if label_names is not None else None
         self.task_type = task_type
         self.score_range = tuple(score_range) if score_range is not None else None
+        # how it was trained (pooler spec, task, splits, budget, seed, dev / test metrics): saved in encoder.json and
+        # rendered in the README.md model card; from_run fills it from the run, `glotpool train` adds the task
+        self.training = dict(training or {})
+        self.model_id: str | None = None  # what the card's usage snippet loads (push_to_hub sets the repo id)
 
     @property
     def dim(self) -> int:
@@ -157,13 +162,18 @@ class Encoder:
                   "score_range": list(self.score_range) if self.score_range else None}
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "glotpool_version": __version__,
                 "backbone": self.backbone_reference(), "pooler": self.pooler.name, "dim": self.dim,
-                "head": self.head.task_type if self.head is not None else None, **labels}
+                "head": self.head.task_type if self.head is not None else None, "training": self.training,
+                **labels}
         with atomic_dir(path, CONFIG_NAME, overwrite, "glotpool encoder folder") as tmp:
             self.pooler.save_pretrained(tmp / "pooler")
             if self.head is not None:
                 self.head.save_pretrained(tmp / "head")
             atomic_write_json(tmp / "labels.json", labels)
             atomic_write_json(tmp / CONFIG_NAME, meta)
+            from glotpool.io_utils import atomic_write_text
+            from glotpool.model_card import encoder_card
+
+            atomic_write_text(tmp / "README.md", encoder_card(meta, model_id=self.model_id or str(path)))
 
     @staticmethod
     def verify_backbone(trained: dict, backbone: Backbone, where: str = "this encoder") -> None:
@@ -185,7 +195,11 @@ class Encoder:
         """
         from glotpool.hub import push_saved
 
-        return push_saved(self.save_pretrained, repo_id, **kwargs)
+        old, self.model_id = self.model_id, repo_id  # the card's snippet loads the repo id
+        try:
+            return push_saved(self.save_pretrained, repo_id, **kwargs)
+        finally:
+            self.model_id = old
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, backbone: Backbone | None = None, device: str = "auto",
@@ -224,7 +238,7 @@ class Encoder:
         pooler = load_pooler(path / "pooler", map_location="cpu")
         head = TaskHead.from_pretrained(path / "head") if (path / "head").is_dir() else None
         return cls(backbone, pooler, head, label_names=meta.get("label_names"), task_type=meta.get("task_type"),
-                   score_range=meta.get("score_range"))
+                   score_range=meta.get("score_range"), training=meta.get("training"))
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, backbone: Backbone, check_backbone: bool = True) -> "Encoder":
@@ -246,7 +260,7 @@ class Encoder:
         pooler = load_pooler(best / "pooler", map_location="cpu")
         head = TaskHead.from_pretrained(best / "head") if (best / "head").is_dir() else None
         return cls(backbone, pooler, head, label_names=labels.get("label_names"), task_type=labels.get("task_type"),
-                   score_range=labels.get("score_range"))
+                   score_range=labels.get("score_range"), training=_run_training(best.parent))
 
     # --- inference -----------------------------------------------------------------------------------------------
     def _embed(self, texts: list[str], batch_size: int, dtype=None, bar=None) -> torch.Tensor:
@@ -429,6 +443,17 @@ def _find_backbone(ref: dict, trained: dict | None, device: str, where: str) -> 
     raise FileNotFoundError(f"cannot find the backbone {ref['name_or_path']!r} {where} was trained on (tried: "
                             f"{tried}); install the preset, put the model in the Hugging Face cache, or load it "
                             f"yourself and pass backbone=...")
+
+
+def _run_training(run_dir: Path) -> dict:
+    """What a run's ``run.json`` says about how its model was trained (for encoder.json and the model card)."""
+    try:
+        rec = json.loads((run_dir / "run.json").read_text())["record"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    keep = ("pooler", "options", "seed", "train_config", "metric", "dev", "test", "best_epoch",
+            "trainable_parameters", "train_seconds")
+    return {"pooler_spec": rec.get("label"), **{k: rec.get(k) for k in keep if k in rec}}
 
 
 def _run_backbone_fingerprint(run_dir: Path) -> dict | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -23,6 +24,9 @@ def register(subparsers) -> None:
                                                 "not an earlier export is refused unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that is not an export")
     p.add_argument("--normalize", action="store_true", help="append a Normalize module (unit-length vectors)")
+    p.add_argument("--model-id", default=None,
+                   help="the Hub repo id you will publish OUT as: the model card's usage snippet and the name MTEB "
+                        "files results under (default: OUT's folder name, the snippet loads OUT)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
@@ -38,14 +42,18 @@ def run(args: argparse.Namespace) -> int:
 
         enc = Encoder.from_pretrained(args.model, device=args.device)
         backbone, pooler = enc.backbone, enc.pooler
+        from glotpool.hub import resolve_folder
+
+        card_meta = json.loads((resolve_folder(args.model) / "encoder.json").read_text())  # training + numbers
     else:
         from glotpool.states.backbone import load_backbone
         from glotpool.pooling import load_pooler
 
         backbone = load_backbone(args.backbone, layer=args.layer, max_length=args.max_length, device=args.device)
         pooler = load_pooler(args.pooler)
+        card_meta = None
     out = export_sentence_transformer(backbone, pooler, args.out, normalize=args.normalize,
-                                      overwrite=args.overwrite)
+                                      overwrite=args.overwrite, card_meta=card_meta, model_id=args.model_id)
     print(f"wrote {out} (pooler {pooler.name!r}, dim {pooler.out_dim}); load it with "
           f"SentenceTransformer({str(out)!r}, trust_remote_code=True)", file=sys.stderr)
     return 0

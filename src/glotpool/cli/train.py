@@ -59,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(train_config(args), show_progress=not args.quiet)
     rec = run_one(spec, exp.cache, exp.data, cfg, seed=args.seed, run_dir=out / "run", save_model=True)
     encoder = Encoder.from_run(out / "run", backbone)
+    from glotpool.model_card import dataset_ids
+
+    encoder.training.update(task=task.name, task_type=task.task_type, datasets=dataset_ids(task.name),
+                            splits={k: len(v) for k, v in task.splits.items()})
     encoder.save_pretrained(out / "model", overwrite=args.overwrite)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in task.splits.items())
     print(f"# {task.name} ({task.task_type}), pooler {spec.label}, frozen {args.backbone}: best epoch "

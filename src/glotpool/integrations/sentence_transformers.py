@@ -148,19 +148,37 @@ def build_sentence_transformer(backbone, pooler: Pooler, *, normalize: bool = Fa
 
 
 def export_sentence_transformer(backbone, pooler: Pooler, out_dir: str | os.PathLike, *,
-                                normalize: bool = False, overwrite: bool = False) -> Path:
+                                normalize: bool = False, overwrite: bool = False, card_meta: dict | None = None,
+                                model_id: str | None = None) -> Path:
     """Write a sentence-transformers folder (backbone weights + tokenizer + pooler) to ``out_dir``, atomically.
 
     Load it with :func:`load_sentence_transformer` (or ``SentenceTransformer(out_dir, trust_remote_code=True)``).
+    The folder gets a README.md model card (``card_meta``: the encoder's encoder.json content, for the training
+    sections and numbers; ``model_id``: what its snippet loads, default ``out_dir``), and ST's ``model_card_data``
+    (model_name, base_model) is set so MTEB files results under a real model name.
     """
     out_dir = Path(out_dir)
     refuse_foreign_dir(out_dir, "glotpool_export.json", overwrite, "glotpool sentence-transformers export")
     st = build_sentence_transformer(backbone, pooler, normalize=normalize, device="cpu")
+    from glotpool import __version__
+    from glotpool.encoder import Encoder
+    from glotpool.io_utils import atomic_write_text
+    from glotpool.model_card import base_model_of, st_card
+
+    card_meta = dict(card_meta or {"pooler": pooler.name, "dim": pooler.out_dim, "glotpool_version": __version__,
+                                   "backbone": Encoder(backbone, pooler).backbone_reference()})
+    model_id = model_id or str(out_dir)
+    model_name, base_model = model_id.rstrip("/").split("/")[-1], base_model_of(card_meta.get("backbone") or {})
+    st.model_card_data.model_name = model_name
+    st.model_card_data.base_model = base_model
     with atomic_dir(out_dir, "glotpool_export.json", overwrite, "glotpool sentence-transformers export") as tmp:
         st.save(str(tmp))
         atomic_write_json(tmp / "glotpool_export.json", {
             "backbone": backbone.config.name_or_path, "pooler": pooler.name, "layer": backbone.config.layer,
-            "normalize": normalize, "load": f"SentenceTransformer({str(out_dir)!r}, trust_remote_code=True)"})
+            "normalize": normalize, "load": f"SentenceTransformer({str(out_dir)!r}, trust_remote_code=True)",
+            "model_name": model_name, "base_model": base_model})
+        export = json.loads((tmp / "glotpool_export.json").read_text())
+        atomic_write_text(tmp / "README.md", st_card(card_meta, export, model_id=model_id))
     return out_dir
 
 
@@ -174,7 +192,16 @@ def load_sentence_transformer(path: str | os.PathLike, device: str | None = None
         raise FileNotFoundError(f"{path} is not a sentence-transformers folder (no modules.json); create one with "
                                 "`glotpool export-st --model ENCODER_DIR --out DIR`")
     kwargs.setdefault("trust_remote_code", True)
-    return SentenceTransformer(str(path), device=device, **kwargs)
+    model = SentenceTransformer(str(path), device=device, **kwargs)
+    try:  # ST keeps model_card_data in memory only: restore the names the export recorded (MTEB reads them)
+        export = json.loads((path / "glotpool_export.json").read_text())
+    except (OSError, ValueError):
+        export = {}
+    if export.get("model_name"):
+        model.model_card_data.model_name = export["model_name"]
+    if export.get("base_model"):
+        model.model_card_data.base_model = export["base_model"]
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------
