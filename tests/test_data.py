@@ -207,7 +207,7 @@ def test_load_splits(tmp_path):
     assert len(out["train"]) == 40 and out["dev"].texts == ["x"]
     with pytest.raises(ValueError, match="not both"):
         load_splits(train=tr, single=single)
-    with pytest.raises(ValueError, match="need train= and test="):
+    with pytest.raises(ValueError, match="need --train and --test"):
         load_splits(train=tr)
 
 

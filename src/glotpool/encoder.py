@@ -184,8 +184,8 @@ class Encoder:
                 f"{where} was trained on other backbone states than backbone {backbone.config.name_or_path!r} "
                 f"gives: " + "; ".join(diffs[:8]) + (f" (+{len(diffs) - 8} more)" if len(diffs) > 8 else "") +
                 ". The pooler would get inputs it never saw. Fix: load the backbone it was trained on (same "
-                "weights, layer, max_length, dtype, tokenizer) and pass it as backbone=..., or pass "
-                "check_backbone=False (CLI: --no-backbone-check) to use this one anyway at your own risk.")
+                "weights, layer, max_length, dtype, tokenizer) (CLI: --backbone DIR; Python: backbone=...), or pass "
+                "--no-backbone-check (Python: check_backbone=False) to use this one anyway at your own risk.")
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
         """Save into a temporary folder and upload it as Hub repo ``repo_id`` -> commit URL.
@@ -219,7 +219,14 @@ class Encoder:
             hint = (" (this looks like a training run: use Encoder.from_run)"
                     if (path / "best").is_dir() or (path / "pooler").is_dir() else "")
             raise FileNotFoundError(f"no encoder at {path}: {CONFIG_NAME} is missing{hint}")
-        meta = json.loads(cfg_file.read_text())
+        try:
+            meta = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{cfg_file} is not valid JSON ({e}); restore it from the model's source or re-save "
+                             f"the model (glotpool train)") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("backbone"), dict):
+            raise ValueError(f"{cfg_file} is not a glotpool encoder config (no 'backbone' record); restore it "
+                             f"from the model's source or re-save the model (glotpool train)")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{cfg_file} is not a glotpool encoder config (format {meta.get('format')!r})")
         if meta.get("format_version", 1) > FORMAT_VERSION:
@@ -347,6 +354,10 @@ class Encoder:
     def predict(self, texts, texts2=None, batch_size: int = 32) -> list[str]:
         """Predicted label names (or class ids as strings when the model has no label names)."""
         proba = self.predict_proba(texts, texts2, batch_size)
+        bad = np.nonzero(~np.isfinite(proba).all(1))[0].tolist() if len(proba) else []
+        if bad:  # never turn a NaN into a label
+            raise ValueError(f"texts at index(es) {_rows(bad)} give non-finite logits (NaN/Inf): the model's weights "
+                             f"are likely corrupt; re-copy or retrain the model")
         names = self.label_names or [str(i) for i in range(proba.shape[1])]
         return [names[i] for i in proba.argmax(1)] if len(proba) else []
 

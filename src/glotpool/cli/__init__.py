@@ -43,8 +43,28 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, ModuleNotFoundError, FetchError) as e:
         # User errors: one clear line, no traceback. Programming errors still raise.
-        print(f"glotpool {args.command}: error: {e}", file=sys.stderr)
+        print(f"glotpool {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path the user gave: read-only folder, a file where a folder should be, disk full
+        if e.errno is None:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
+        print(f"glotpool {args.command}: error: {_one_line(e)}{where}; check the path, its permissions and the "
+              f"free disk space", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"glotpool {args.command}: interrupted; rerun the same command to resume"
+              if args.command in _RESUMABLE else f"glotpool {args.command}: interrupted; no output was written",
+              file=sys.stderr)
+        return 130
+
+
+# Commands whose finished work survives an interruption (cache shards, finished runs): a rerun continues.
+_RESUMABLE = {"run", "cache", "train", "compare", "stress", "sweep", "dist", "fetch-data"}
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ def _table_format(path: Path) -> str:
     raise ValueError(f"{path}: unknown input extension {ext!r}; use .csv, .tsv or .jsonl")
 
 
-def iter_chunks(path: str | Path, columns: list[str], chunk_size: int = 10_000
+def iter_chunks(path: str | Path, columns: list[str], chunk_size: int = 10_000, encoding: str = "utf-8-sig"
                 ) -> Iterator[tuple[int, dict[str, list]]]:
     """Stream ``path`` -> ``(first row index (0-based), {column: [values]})`` chunks of ``chunk_size`` rows.
 
@@ -57,18 +58,29 @@ def iter_chunks(path: str | Path, columns: list[str], chunk_size: int = 10_000
     if chunk_size < 1:
         raise ValueError(f"chunk size must be >= 1, got {chunk_size}")
     fmt = _table_format(path)
-    with open(path, encoding="utf-8-sig", newline="" if fmt != "jsonl" else None) as f:
+    try:
+        import codecs
+
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"--encoding {encoding!r}: unknown text encoding (e.g. utf-8, latin-1, cp1252)") from None
+    with open(path, encoding=encoding, newline="" if fmt != "jsonl" else None) as f:
         if fmt == "jsonl":
-            records = _jsonl_records(f, path)
+            records = _jsonl_records(f, path, columns)
         else:
             records = _delimited_records(f, path, columns, fmt)
         start, chunk = 0, {c: [] for c in columns}
-        for rec in records:
-            for c in columns:
-                chunk[c].append(None if rec is None else rec.get(c))
-            if len(chunk[columns[0]]) == chunk_size:
-                yield start, chunk
-                start, chunk = start + chunk_size, {c: [] for c in columns}
+        try:
+            for rec in records:
+                for c in columns:
+                    chunk[c].append(None if rec is None else rec.get(c))
+                if len(chunk[columns[0]]) == chunk_size:
+                    yield start, chunk
+                    start, chunk = start + chunk_size, {c: [] for c in columns}
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not valid {encoding.replace('-sig', '')} text (byte {e.object[e.start:e.end]!r} "
+                             f"near data row {start + len(chunk[columns[0]]) + 1}); pass the file's encoding, "
+                             f"e.g. --encoding latin-1, or re-save it as UTF-8") from None
         if chunk[columns[0]]:
             yield start, chunk
 
@@ -95,7 +107,7 @@ def _delimited_records(f, path: Path, columns: list[str], fmt: str) -> Iterator[
         yield dict(zip(header, row))
 
 
-def _jsonl_records(f, path: Path) -> Iterator[dict | None]:
+def _jsonl_records(f, path: Path, columns: list[str] = ()) -> Iterator[dict | None]:
     for lineno, line in enumerate(f, 1):
         if not line.strip():
             yield None
@@ -108,6 +120,10 @@ def _jsonl_records(f, path: Path) -> Iterator[dict | None]:
             raise ValueError(f"{path}: line {lineno} is not valid JSON ({e})") from None
         if not isinstance(rec, dict):
             raise ValueError(f"{path}: line {lineno} is not a JSON object")
+        for c in columns:
+            if isinstance(rec.get(c), (list, dict)):
+                raise ValueError(f"{path}: line {lineno}: {c!r} is a JSON {type(rec[c]).__name__}, not a text; "
+                                 f"give a string (or pick another column)")
         yield rec
 
 
@@ -124,10 +140,10 @@ class Scan:
     seen: set = field(default_factory=set)  # JSONL: columns present in at least one record
 
 
-def scan_table(path, text_cols: list[str], id_col: str | None, chunk_size: int) -> Scan:
+def scan_table(path, text_cols: list[str], id_col: str | None, chunk_size: int, encoding: str = "utf-8-sig") -> Scan:
     cols = text_cols + ([id_col] if id_col else [])
     s = Scan()
-    for start, chunk in iter_chunks(path, cols, chunk_size):
+    for start, chunk in iter_chunks(path, cols, chunk_size, encoding):
         n = len(chunk[cols[0]])
         for j in range(n):
             if any(chunk[c][j] is not None for c in cols):
@@ -201,7 +217,44 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="run the backbone under autocast in this dtype (GPU speed-up; slightly other states)")
     p.add_argument("--on-empty", choices=["nan", "error"], default="nan",
                    help="empty texts: NaN outputs (default, reported) or reject the file")
+    p.add_argument("--on-nonfinite", choices=["error", "nan"], default="error",
+                   help="a text whose vector / logits come out NaN or Inf (corrupt weights?): stop with its row "
+                        "numbers (default) or write NaN for it (never a label)")
+    p.add_argument("--encoding", default="utf-8-sig", help="text encoding of --input (default utf-8; e.g. latin-1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def check_output(out: str | Path, inputs=(), what: str = "--out") -> Path:
+    """Refuse, before any work, an output that cannot be written or that would replace an input file
+    (same path, symlink or hard link): an existing folder, a parent that is a file, a read-only parent."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{what} {out} is a folder; give a file name (e.g. {out / 'out'}{out.suffix or '.csv'})")
+    for src in inputs:
+        if src is not None and out.exists() and Path(src).exists() and os.path.samefile(out, src):
+            raise ValueError(f"{what} {out} is the input file {src} (same file); writing it would destroy the "
+                             f"input: choose another {what}")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {out}: folder {parent} is not writable; choose another {what}")
+    return out
+
+
+def check_finite(values, row_numbers, on_nonfinite: str, what: str):
+    """Row positions of ``values [n, d]`` that are NaN/Inf anywhere; ValueError (naming the data rows) unless
+    ``on_nonfinite == 'nan'`` (then those rows are returned, to be written as NaN)."""
+    import torch
+
+    bad = (~torch.isfinite(torch.as_tensor(values)).all(-1)).nonzero().flatten().tolist()
+    if bad and on_nonfinite != "nan":
+        raise ValueError(f"{len(bad)} text(s) gave non-finite {what} (NaN/Inf) at data row(s) "
+                         f"{rows_str([row_numbers[i] for i in bad], len(bad))}: the model's weights are likely "
+                         f"corrupt; re-copy or retrain the model (or pass --on-nonfinite nan to write NaN rows)")
+    return bad
 
 
 def load_encoder(args: argparse.Namespace):
@@ -213,7 +266,11 @@ def load_encoder(args: argparse.Namespace):
         cfg = Path(args.model) / CONFIG_NAME
         if not cfg.is_file():
             raise FileNotFoundError(f"no encoder at {args.model}: {CONFIG_NAME} is missing")
-        ref = json.loads(cfg.read_text())["backbone"]
+        try:
+            ref = json.loads(cfg.read_text(encoding="utf-8"))["backbone"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{cfg} is not a valid encoder config ({type(e).__name__}: {e}); restore it from the "
+                             f"model's source or re-save the model") from None
         backbone = load_backbone(args.backbone, layer=ref["layer"], max_length=ref["max_length"], dtype=ref["dtype"],
                                  padding_side=ref["padding_side"], gguf_file=ref["gguf_file"], device=args.device)
     return Encoder.from_pretrained(args.model, backbone=backbone, device=args.device,
@@ -254,7 +311,8 @@ def _check_out(out: Path, id_col: str | None) -> str:
 
 def encode_table(encoder, input_path, out, text_col: str = "text", id_col: str | None = None,
                  batch_size: int = 32, chunk_size: int = 10_000, normalize: bool = False, dtype=None,
-                 on_empty: str = "nan", show_progress: bool = True) -> dict:
+                 on_empty: str = "nan", show_progress: bool = True, on_nonfinite: str = "error",
+                 encoding: str = "utf-8-sig") -> dict:
     """Encode a file's text column into ``out`` (.npy / .parquet); returns a report dict (see the module doc)."""
     import torch
     from tqdm.auto import tqdm
@@ -263,7 +321,8 @@ def encode_table(encoder, input_path, out, text_col: str = "text", id_col: str |
 
     out = Path(out)
     ext = _check_out(out, id_col)
-    scan = scan_table(input_path, [text_col], id_col, chunk_size)
+    check_output(out, [input_path])
+    scan = scan_table(input_path, [text_col], id_col, chunk_size, encoding)
     check_empty(scan, input_path, on_empty, "NaN vectors")
     trunc = TruncationTally(encoder.backbone.config.max_length)
     dim, done = encoder.dim, 0
@@ -277,7 +336,8 @@ def encode_table(encoder, input_path, out, text_col: str = "text", id_col: str |
             id_field = pa.field("id", pa.string()) if id_col else pa.field("row", pa.int64())
             schema = pa.schema([id_field, pa.field("embedding", pa.list_(pa.float32(), dim))])
             sink = pq.ParquetWriter(str(tmp), schema)
-        for start, chunk in iter_chunks(input_path, [text_col] + ([id_col] if id_col else []), chunk_size):
+        for start, chunk in iter_chunks(input_path, [text_col] + ([id_col] if id_col else []), chunk_size,
+                                        encoding):
             texts = [as_text(t) for t in chunk[text_col]]
             n = len(texts)
             if start + n > scan.rows:
@@ -288,6 +348,9 @@ def encode_table(encoder, input_path, out, text_col: str = "text", id_col: str |
                 kept = [texts[j] for j in keep]
                 trunc.add(encoder.truncation_report(kept), [start + j + 1 for j in keep])
                 zk = encoder._embed(kept, batch_size, dtype, bar)
+                bad = check_finite(zk, [start + j + 1 for j in keep], on_nonfinite, "vectors")
+                if bad:
+                    zk[bad] = float("nan")
                 if normalize:
                     zk = torch.nn.functional.normalize(zk, dim=-1)
                 z[keep] = zk.numpy()
@@ -315,10 +378,12 @@ def encode_table(encoder, input_path, out, text_col: str = "text", id_col: str |
 
 def run(args: argparse.Namespace) -> int:
     _check_out(Path(args.out), args.id_col)  # fail before loading the model
+    check_output(args.out, [args.input])
     encoder = load_encoder(args)
     rep = encode_table(encoder, args.input, args.out, text_col=args.text_col, id_col=args.id_col,
                        batch_size=args.batch_size, chunk_size=args.chunk_size, normalize=args.normalize,
-                       dtype=args.dtype, on_empty=args.on_empty, show_progress=not args.quiet)
+                       dtype=args.dtype, on_empty=args.on_empty, show_progress=not args.quiet,
+                       on_nonfinite=args.on_nonfinite, encoding=args.encoding)
     print(f"encoded {rep['rows']} rows of {args.input} -> {args.out} ([{rep['rows']}, {rep['dim']}] float32"
           f"{', unit length' if args.normalize else ''}; {rep['empty']} empty -> NaN)", file=sys.stderr)
     return 0

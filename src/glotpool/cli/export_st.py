@@ -32,10 +32,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glotpool.integrations.sentence_transformers import export_sentence_transformer
     from glotpool.io_utils import refuse_foreign_dir
 
+    # before any model loads: never replace a user's folder
     refuse_foreign_dir(args.out, "glotpool_export.json", args.overwrite, "glotpool sentence-transformers export")
+    from glotpool.integrations.sentence_transformers import export_sentence_transformer
 
     if args.model is not None:
         from glotpool.encoder import Encoder

@@ -12,7 +12,8 @@ import csv
 import sys
 from pathlib import Path
 
-from glotpool.cli.encode import TruncationTally, add_model_args, as_text, check_empty, iter_chunks, load_encoder, scan_table
+from glotpool.cli.encode import (TruncationTally, add_model_args, as_text, check_empty, check_finite, check_output,
+                                 iter_chunks, load_encoder, scan_table)
 
 
 def register(subparsers) -> None:
@@ -33,7 +34,8 @@ def _fmt(x: float) -> str:
 
 def predict_table(encoder, input_path, out, text_col: str = "text", text_col_2: str | None = None,
                   id_col: str | None = None, batch_size: int = 32, chunk_size: int = 10_000, dtype=None,
-                  on_empty: str = "nan", show_progress: bool = True) -> dict:
+                  on_empty: str = "nan", show_progress: bool = True, on_nonfinite: str = "error",
+                  encoding: str = "utf-8-sig") -> dict:
     """Predict every row of ``input_path`` into the CSV ``out``; returns a report dict."""
     import torch
     from tqdm.auto import tqdm
@@ -52,7 +54,8 @@ def predict_table(encoder, input_path, out, text_col: str = "text", text_col_2: 
     if not pair and text_col_2:
         raise ValueError("this model classifies single sentences: drop --text-col-2")
     text_cols = [text_col] + ([text_col_2] if pair else [])
-    scan = scan_table(input_path, text_cols, id_col, chunk_size)
+    check_output(out, [input_path])
+    scan = scan_table(input_path, text_cols, id_col, chunk_size, encoding)
     check_empty(scan, input_path, on_empty, "an empty label")
     if sts:
         names = []
@@ -67,7 +70,8 @@ def predict_table(encoder, input_path, out, text_col: str = "text", text_col_2: 
             tqdm(total=scan.rows * len(text_cols), desc="predict", unit="text", disable=not show_progress) as bar:
         w = csv.writer(f)
         w.writerow(["id" if id_col else "row"] + value_cols)
-        for start, chunk in iter_chunks(input_path, text_cols + ([id_col] if id_col else []), chunk_size):
+        for start, chunk in iter_chunks(input_path, text_cols + ([id_col] if id_col else []), chunk_size,
+                                        encoding):
             cols = [[as_text(t) for t in chunk[c]] for c in text_cols]
             n = len(cols[0])
             keep = [j for j in range(n) if all(col[j] for col in cols)]
@@ -79,16 +83,23 @@ def predict_table(encoder, input_path, out, text_col: str = "text", text_col_2: 
                     trunc.add(encoder.truncation_report(kept), [start + j + 1 for j in keep])
                     zs.append(encoder._embed(kept, batch_size, dtype, bar).to(device))
                 with torch.inference_mode():
+                    rownums = [start + j + 1 for j in keep]
                     if sts:
                         sim = torch.nn.functional.cosine_similarity(zs[0], zs[1], dim=-1).cpu()
+                        bad = set(check_finite(sim[:, None], rownums, on_nonfinite, "similarities"))
                         rows = [[_fmt(s)] for s in sim.tolist()]
                         if encoder.score_range:
                             lo, hi = encoder.score_range
                             rows = [r + [_fmt(lo + s * (hi - lo))] for r, s in zip(rows, sim.tolist())]
                     else:
-                        proba = torch.softmax(encoder.head(zs[0], zs[1] if pair else None).float(), -1).cpu()
+                        logits = encoder.head(zs[0], zs[1] if pair else None).float().cpu()
+                        bad = set(check_finite(logits, rownums, on_nonfinite, "logits"))
+                        proba = torch.softmax(logits, -1)
                         rows = []
-                        for p in proba.tolist():
+                        for i, p in enumerate(proba.tolist()):
+                            if i in bad:  # --on-nonfinite nan: no label for a row the model cannot score
+                                rows.append([""] + ["nan"] * len(p))
+                                continue
                             label = names[max(range(len(p)), key=p.__getitem__)]
                             counts[label] = counts.get(label, 0) + 1
                             rows.append([label] + [_fmt(x) for x in p])
@@ -105,10 +116,12 @@ def predict_table(encoder, input_path, out, text_col: str = "text", text_col_2: 
 def run(args: argparse.Namespace) -> int:
     if Path(args.out).suffix.lower() != ".csv":
         raise ValueError(f"--out {args.out}: predictions are written as .csv")
+    check_output(args.out, [args.input])  # before the model loads
     encoder = load_encoder(args)
     rep = predict_table(encoder, args.input, args.out, text_col=args.text_col, text_col_2=args.text_col_2,
                         id_col=args.id_col, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                        dtype=args.dtype, on_empty=args.on_empty, show_progress=not args.quiet)
+                        dtype=args.dtype, on_empty=args.on_empty, show_progress=not args.quiet,
+                        on_nonfinite=args.on_nonfinite, encoding=args.encoding)
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(rep["label_counts"].items()))
     print(f"predicted {rep['rows'] - rep['empty']} of {rep['rows']} rows of {args.input} -> {args.out}"
           + (f" ({counts})" if counts else ""), file=sys.stderr)

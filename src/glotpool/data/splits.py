@@ -123,8 +123,9 @@ def load_splits(
         tr, dv, te = split_dataset(read_table(single, **read_kwargs), ratios, seed=seed, stratify=stratify)
         return {"train": tr, "dev": dv, "test": te}
     if train is None or test is None:
-        raise ValueError("need train= and test= files (dev= optional: carved from train), or single= to split one "
-                         f"file; got train={train}, dev={dev}, test={test}")
+        raise ValueError("need --train and --test files (--dev optional: carved from --train), or --data to split "
+                         f"one file (Python: train=, test=, dev=, single=); got --train {train}, --dev {dev}, "
+                         f"--test {test}")
     out = {"train": read_table(train, **read_kwargs), "test": read_table(test, **read_kwargs)}
     if dev is not None:
         out["dev"] = read_table(dev, **read_kwargs)

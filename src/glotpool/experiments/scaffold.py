@@ -43,6 +43,7 @@ def prepare_experiment(backbone: Backbone, task: LoadedTask, cache_dir: str | os
                        batch_size: int = 32, show_progress: bool = True, overwrite: bool = False) -> Experiment:
     """Cache ``task``'s texts with ``backbone`` in ``cache_dir`` (reused / resumed when complete or interrupted)
     and index every split into it."""
+    data_warnings(task, backbone)
     t0 = time.perf_counter()
     cache = build_cache(backbone, task_texts(task), cache_dir, batch_size=batch_size, show_progress=show_progress,
                         overwrite=overwrite)
@@ -50,6 +51,42 @@ def prepare_experiment(backbone: Backbone, task: LoadedTask, cache_dir: str | os
     data = prepare_splits(cache, task.splits, task.task_type, label_names=task.label_names,
                           score_range=task.score_range)
     return Experiment(task, cache, data, seconds)
+
+
+def data_warnings(task: LoadedTask, backbone: Backbone | None = None, out=None) -> list[str]:
+    """Warn (stderr; never fail) about data that silently skews a result: dev/test texts that also occur in train
+    (leakage), one text with two different labels in train, texts the backbone truncates. Returns the warnings."""
+    out = out or sys.stderr
+    msgs = []
+    train = task.splits.get("train")
+    if train is not None:
+        key = (lambda ds, i: (ds.texts[i], ds.texts2[i]) if ds.texts2 is not None else ds.texts[i])
+        seen = {key(train, i) for i in range(len(train))}
+        for name, ds in task.splits.items():
+            if name == "train":
+                continue
+            n = sum(key(ds, i) in seen for i in range(len(ds)))
+            if n:
+                msgs.append(f"{n} of {len(ds)} {name} examples also occur in train (leakage: their {name} score "
+                            f"is not held-out); deduplicate the files")
+        if train.labels is not None and task.task_type in ("single", "pair"):
+            labels: dict = {}
+            for i in range(len(train)):
+                labels.setdefault(key(train, i), set()).add(str(train.labels[i]))
+            clash = sum(len(v) > 1 for v in labels.values())
+            if clash:
+                msgs.append(f"{clash} train text(s) occur with two or more different labels; check the label column")
+    if backbone is not None:
+        max_len = backbone.config.max_length
+        texts = task_texts(task)
+        lengths = [len(ids) for ids in backbone.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+        over = sum(n > max_len for n in lengths)
+        if over:
+            msgs.append(f"{over} of {len(texts)} texts are longer than max_length={max_len} tokens and are truncated "
+                        f"(longest {max(lengths)}); raise --max-length to keep them whole")
+    for m in msgs:
+        print(f"warning: {m}", file=out)
+    return msgs
 
 
 def adapt_spec(spec: PoolerSpec, backbone: Backbone, glot_defaults: dict | None = None,

@@ -183,7 +183,10 @@ class Pooler(ConfiguredModule):
         if cls is not Pooler and POOLERS[name] is not cls:
             raise ValueError(f"{path} holds a {name!r} pooler, not {cls.name!r}; load it with "
                              f"glotpool.load_pooler({str(path)!r})")
-        pooler = POOLERS[name](**dict(meta["config"]))
+        try:
+            pooler = POOLERS[name](**dict(meta["config"]))
+        except (TypeError, ValueError) as e:  # a hand-edited config: name the file
+            raise ValueError(f"{path / CONFIG_NAME}: {e}; restore the original file or re-save the pooler") from None
         pooler._load_weights(path / WEIGHTS_NAME, map_location, meta)
         return pooler
 

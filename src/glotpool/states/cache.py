@@ -110,7 +110,7 @@ def _check_same_key(out_dir: Path, record: dict, key: str, wanted: dict, what: s
     raise ValueError(
         f"{out_dir} already holds {what} built with different settings: " + "; ".join(diffs[:8]) +
         (f" (+{len(diffs) - 8} more)" if len(diffs) > 8 else "") +
-        ". Use another output folder (--out) or pass overwrite=True (CLI: --overwrite) to replace it.")
+        ". Use another output folder (--out) or pass --overwrite (Python: overwrite=True) to replace it.")
 
 
 def _progress_name(rank: int, world_size: int) -> str:
@@ -129,6 +129,47 @@ def _remove_cache_files(out_dir: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+LOCK = ".lock"
+
+
+def _single_writer(fn):
+    """Run ``fn`` (a cache build into ``out_dir``) under an exclusive lock on ``out_dir/.lock`` (``filelock``):
+    a second process building into the same folder waits for the first (then reuses its complete cache) instead
+    of interleaving shards. Ranks of a distributed build (``world_size > 1``) write disjoint shards and do not
+    lock; their merge does. ``GLOTPOOL_LOCK_TIMEOUT`` (seconds, default: wait forever) bounds the wait."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(backbone, texts, out_dir, *args, **kwargs):
+        if kwargs.get("world_size", 1) != 1:
+            return fn(backbone, texts, out_dir, *args, **kwargs)
+        from filelock import FileLock, Timeout
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(out / LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            import sys
+
+            limit = float(os.environ.get("GLOTPOOL_LOCK_TIMEOUT", "-1"))
+            print(f"note: another process is building the cache {out}; waiting for it to finish "
+                  f"(lock {out / LOCK})", file=sys.stderr)
+            try:
+                lock.acquire(timeout=limit)
+            except Timeout:
+                raise ValueError(f"another process is still building the cache {out} (lock {out / LOCK} held "
+                                 f"after {limit:g} s); wait for it to finish, or use another --out") from None
+        try:
+            return fn(backbone, texts, out_dir, *args, **kwargs)
+        finally:
+            lock.release()
+
+    return wrapper
+
+
+@_single_writer
 def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.PathLike, *, batch_size: int = 32,
                 shard_tokens: int = 1_000_000, store_dtype: str = "float16", show_progress: bool = True,
                 overwrite: bool = False, extra_meta: dict | None = None, rank: int = 0,

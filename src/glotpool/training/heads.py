@@ -69,7 +69,10 @@ class TaskHead(ConfiguredModule):
         path = resolve_folder(path, revision, subfolder, what="task head")
         meta = ConfiguredModule._read_config(path, "head.json", "task head", ("task_type", "config"),
                                              "head.save_pretrained(path)")
-        head = build_head(meta["task_type"], **dict(meta["config"]))
+        try:
+            head = build_head(meta["task_type"], **dict(meta["config"]))
+        except (TypeError, ValueError) as e:  # a hand-edited config: name the file
+            raise ValueError(f"{path / 'head.json'}: {e}; restore the original file or re-save the head") from None
         head._load_weights(path / "head.safetensors", meta=meta)
         return head
 
