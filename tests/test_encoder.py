@@ -63,7 +63,7 @@ def test_encode_equals_pooling_of_live_backbone_states(minilm):
     assert isinstance(zt, torch.Tensor) and not zt.is_inference()
     torch.testing.assert_close(zt.norm(dim=-1), torch.ones(len(SENTS)))
     np.testing.assert_allclose(zt.numpy(), want / np.linalg.norm(want, axis=1, keepdims=True), atol=2e-5)
-    assert enc.encode("a cat .", show_progress=False).shape == (1, enc.dim)
+    assert enc.encode("a cat .", show_progress=False).shape == (enc.dim,)  # as SentenceTransformer.encode
     assert enc.encode([], show_progress=False).shape == (0, enc.dim)
     bf = enc.encode(SENTS, dtype="bfloat16", show_progress=False)  # autocast backbone: close, not equal
     assert np.isfinite(bf).all() and not np.array_equal(bf, z)

@@ -295,15 +295,42 @@ class Encoder:
         return out
 
     def encode(self, texts: Sequence[str] | str, batch_size: int = 32, normalize: bool = False,
-               show_progress: bool = True, convert_to: str = "numpy", dtype=None):
+               show_progress: bool | None = None, convert_to: str = "numpy", dtype=None, *,
+               column: str | None = None, normalize_embeddings: bool | None = None,
+               convert_to_tensor: bool = False, convert_to_numpy: bool | None = None,
+               show_progress_bar: bool | None = None, device=None, **unused):
         """texts -> ``Z [N, dim]`` (numpy float32, or a torch.Tensor with ``convert_to="torch"``), input order.
 
         ``normalize``: unit L2 norm rows. ``dtype`` ("bfloat16", "float16" or a torch dtype): run the backbone under
-        autocast in that dtype (faster on GPUs; slightly different states). A single string gives ``[1, dim]``; an
-        empty list gives ``[0, dim]``; an empty (or whitespace) text is a ValueError naming its index.
+        autocast in that dtype (faster on GPUs; slightly different states). A single string gives ``[dim]`` (as
+        ``SentenceTransformer.encode`` does); an empty list gives ``[0, dim]``; an empty (or whitespace) text is a
+        ValueError naming its index. ``texts`` may be a ``datasets`` column, or a ``datasets.Dataset`` with
+        ``column=`` naming its text column.
+
+        sentence-transformers' names work too, so code written for ``SentenceTransformer.encode`` runs unchanged:
+        ``normalize_embeddings`` (= ``normalize``), ``convert_to_tensor=True`` (= ``convert_to="torch"``),
+        ``convert_to_numpy``, ``show_progress_bar`` (= ``show_progress``); ``device`` and other ST-only options
+        (``prompt_name``, ``precision``, ...) are accepted and ignored (the model stays on its device).
+        ``show_progress=None`` (default): a bar only when stderr is a terminal.
         """
+        single = isinstance(texts, str)
+        if normalize_embeddings is not None:
+            normalize = normalize_embeddings
+        if show_progress_bar is not None:
+            show_progress = show_progress_bar
+        if convert_to_tensor:
+            convert_to = "torch"
+        elif convert_to_numpy is False and convert_to == "numpy":
+            convert_to = "torch"
         if convert_to not in ("numpy", "torch"):
             raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
+        if hasattr(texts, "column_names") and not single:  # a datasets.Dataset
+            if column is None:
+                str_cols = [c for c, f in texts.features.items() if getattr(f, "dtype", None) == "string"]
+                if len(str_cols) != 1:
+                    raise ValueError(f"a datasets.Dataset needs column=... (its columns: {texts.column_names})")
+                column = str_cols[0]
+            texts = texts[column]
         texts = _as_texts(texts)
         _as_dtype(dtype)  # fail before the progress bar
         if not texts:
@@ -311,10 +338,13 @@ class Encoder:
         else:
             from tqdm.auto import tqdm
 
-            with tqdm(total=len(texts), desc="encode", unit="text", disable=not show_progress, leave=False) as bar:
+            disable = None if show_progress is None else not show_progress  # None: off when not a terminal
+            with tqdm(total=len(texts), desc="encode", unit="text", disable=disable, leave=False) as bar:
                 z = self._embed(texts, batch_size, dtype, bar)
         if normalize:
             z = F.normalize(z, dim=-1)
+        if single:
+            z = z[0]
         return z if convert_to == "torch" else z.numpy()
 
     def _classifier(self) -> TaskHead:

@@ -326,7 +326,8 @@ def encode_table(encoder, input_path, out, text_col: str = "text", id_col: str |
     check_empty(scan, input_path, on_empty, "NaN vectors")
     trunc = TruncationTally(encoder.backbone.config.max_length)
     dim, done = encoder.dim, 0
-    with atomic_path(out) as tmp, tqdm(total=scan.rows, desc="encode", unit="text", disable=not show_progress) as bar:
+    with atomic_path(out) as tmp, tqdm(total=scan.rows, desc="encode", unit="text",
+                                       disable=not show_progress or None) as bar:  # None: off when not a terminal
         if ext == ".npy":
             sink = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(scan.rows, dim))
         else:

@@ -67,7 +67,8 @@ def predict_table(encoder, input_path, out, text_col: str = "text", text_col_2: 
     device = encoder.backbone.device
     counts: dict[str, int] = {}
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f, \
-            tqdm(total=scan.rows * len(text_cols), desc="predict", unit="text", disable=not show_progress) as bar:
+            tqdm(total=scan.rows * len(text_cols), desc="predict", unit="text",
+                 disable=not show_progress or None) as bar:  # None: off when stderr is not a terminal
         w = csv.writer(f)
         w.writerow(["id" if id_col else "row"] + value_cols)
         for start, chunk in iter_chunks(input_path, text_cols + ([id_col] if id_col else []), chunk_size,

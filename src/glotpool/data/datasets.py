@@ -225,3 +225,22 @@ def read_table(
         cols, n = _read_delimited(path, delimiter, encoding, has_header, column_names, quoting)
     return _columns_to_dataset(cols, n, source=str(path), text_col=text_col, text_col_2=text_col_2,
                                label_col=label_col, score_col=score_col, group_col=group_col)
+
+
+def from_hf_dataset(dataset, text_col: str = "text", text_col_2: str | None = None, label_col: str | None = None,
+                    score_col: str | None = None, group_col: str | None = None) -> TextDataset:
+    """An in-memory ``datasets.Dataset`` + column names -> a TextDataset (validated like a file).
+
+    A ``ClassLabel`` label column gives label names (class ids -> names).
+    """
+    names = list(getattr(dataset, "column_names", None) or [])
+    if not names:
+        raise ValueError(f"expected a datasets.Dataset (with column_names), got {type(dataset).__name__}")
+    feature = getattr(dataset, "features", {}).get(label_col) if label_col else None
+    label_names = list(feature.names) if feature is not None and hasattr(feature, "names") else None
+    wanted = [c for c in (text_col, text_col_2, label_col, score_col, group_col) if c is not None and c in names]
+    cols = {c: list(dataset[c]) for c in wanted}
+    cols.update({c: [] for c in names if c not in cols})  # listed in errors, not read
+    return _columns_to_dataset(cols, len(dataset), source=f"datasets.Dataset({len(dataset)} rows)",
+                               text_col=text_col, text_col_2=text_col_2, label_col=label_col, score_col=score_col,
+                               group_col=group_col, label_names=label_names)

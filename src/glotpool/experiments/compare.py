@@ -51,7 +51,7 @@ def run_compare(settings: CompareSettings, out_dir: str | Path, backbone=None) -
     cfg = replace(settings.train, show_progress=False)
     records = []
     bar = tqdm(total=len(specs) * len(settings.seeds), desc=f"compare {task.name}", unit="run",
-               disable=not settings.show_progress)
+               disable=not settings.show_progress or None)
     for spec in specs:
         for seed in settings.seeds:
             bar.set_postfix_str(f"{spec.label} seed {seed}")

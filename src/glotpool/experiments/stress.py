@@ -84,7 +84,7 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
     cache_seconds: dict = {}
     weight_examples = None
     n_runs = len(settings.ratios) * len(specs) * len(settings.budgets) * len(settings.seeds)
-    bar = tqdm(total=n_runs, desc=f"stress {settings.backbone}", unit="run", disable=not settings.show_progress)
+    bar = tqdm(total=n_runs, desc=f"stress {settings.backbone}", unit="run", disable=not settings.show_progress or None)
     for ratio in settings.ratios:
         cfg = StressConfig(ratio=ratio, length=settings.length, n_train=settings.n_train, n_eval=settings.n_eval,
                            seed=settings.data_seed, negation_in_noise=settings.negation_in_noise)

@@ -87,7 +87,8 @@ def run_sweep(settings: SweepSettings, out_dir: str | Path, backbone=None) -> di
     cfg = replace(settings.train, show_progress=False)
     metric = cfg.metric or default_metric(task_type)
     rows = []
-    bar = tqdm(total=len(points) * len(settings.seeds), desc="sweep", unit="run", disable=not settings.show_progress)
+    bar = tqdm(total=len(points) * len(settings.seeds), desc="sweep", unit="run",
+               disable=not settings.show_progress or None)  # None: off when stderr is not a terminal
     for point in points:
         label = ",".join(f"{k}={v}" for k, v in point.items())
         spec = PoolerSpec.of(settings.pooler, label=label, **{**settings.base_options, **point})

@@ -255,7 +255,7 @@ def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.Path
     n_done = sum(len(b) for k in mine if str(k) in done for b in plan[k])
     rank_tag = f" rank {rank}/{world_size}" if world_size > 1 else ""
     bar = tqdm(total=n_mine, initial=n_done, unit="ex", desc=f"caching {out_dir.name}{rank_tag}",
-               disable=not show_progress, smoothing=0.1)
+               disable=not show_progress or None, smoothing=0.1)
     atomic_write_json(progress_file, progress)
     # One pass over the batches of all missing shards; a shard is written as soon as its last batch is done.
     flat = [(k, b) for k in todo for b in plan[k]]

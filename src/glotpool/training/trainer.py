@@ -259,7 +259,7 @@ def fit(model: PoolerWithHead, cache: TokenCache, data: CachedSplits, cfg: Train
     best, best_state, best_epoch, bad_epochs, history = None, None, 0, 0, []
     t0 = time.perf_counter()
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {model.pooler.name}", unit="epoch", leave=False,
-               disable=not show_progress)
+               disable=not show_progress or None)
     for epoch in bar:
         model.train()
         te = time.perf_counter()
