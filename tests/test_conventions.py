@@ -133,3 +133,39 @@ def test_data_loader_takes_an_in_memory_dataset():
     assert td.texts == ["good .", "bad ."] and td.labels == ["pos", "neg"]
     with pytest.raises(ValueError, match="not found"):
         from_hf_dataset(ds, text_col="text")
+
+
+# --- packaging ------------------------------------------------------------------------------------------------------
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _lower_bound(reqs: list[str], name: str) -> tuple[int, ...]:
+    (req,) = [r for r in reqs if re.match(rf"{re.escape(name)}\s*>=", r)]
+    return tuple(int(x) for x in re.search(r">=\s*([\d.]+)", req).group(1).split("."))
+
+
+def test_packaging_metadata():
+    proj = _pyproject()["project"]
+    license_text = (ROOT / "LICENSE").read_text()
+    assert proj["license"] == {"text": "Apache-2.0"} and "Apache License" in license_text
+    assert "Version 2.0, January 2004" in license_text
+    assert "License :: OSI Approved :: Apache Software License" in proj["classifiers"]
+    assert "Typing :: Typed" in proj["classifiers"] and (ROOT / "src" / "glotpool" / "py.typed").is_file()
+    assert _pyproject()["tool"]["setuptools"]["package-data"]["glotpool"] == ["py.typed"]
+    assert {"Homepage", "Repository", "Issues"} <= set(proj["urls"])
+    # the st extra requires the sentence-transformers major we import (sentence_transformers.base.modules: ST 6)
+    import sentence_transformers
+
+    st_major = _lower_bound(proj["optional-dependencies"]["st"], "sentence-transformers")[0]
+    assert st_major == 6 and int(sentence_transformers.__version__.split(".")[0]) >= st_major
+    assert _lower_bound(proj["optional-dependencies"]["all"], "sentence-transformers")[0] == st_major
+    # transformers: we pass AutoModel.from_pretrained(dtype=...), added (renamed from torch_dtype) in 4.56
+    assert _lower_bound(proj["dependencies"], "transformers") >= (4, 56)
+    src = (ROOT / "src" / "glotpool" / "states" / "backbone.py").read_text()
+    assert "from_pretrained(path, dtype=" in src and "torch_dtype" not in src
+    # one source of the version: no literal version string in the package
+    init = (ROOT / "src" / "glotpool" / "__init__.py").read_text()
+    assert '_version("glotpool")' in init and not re.search(r'__version__\s*=\s*"\d+\.\d+\.\d+"', init)

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+try:  # one source of the version: the package metadata (pyproject.toml's [project] version)
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    __version__ = _version("glotpool")
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
 _EXPORTS = {
     "POOLERS": "glotpool.pooling", "Pooler": "glotpool.pooling", "GLOTPooling": "glotpool.pooling",
