@@ -227,3 +227,33 @@ def test_hub_identity_of_a_cache_snapshot_folder():
 
     assert _hub_identity(Path(f"/c/models--org--name/snapshots/{COMMIT}")) == ("org/name", COMMIT)
     assert _hub_identity(Path("/some/folder")) == (None, None)
+
+
+# --- MTEB: ModelMeta with a loader; results in MTEB's cache by default --------------------------------------------
+@pytest.mark.slow
+def test_mteb_get_model_rebuilds_a_glotpool_model_from_folder_or_id(minilm, one_thread, tmp_path, hf_cache,
+                                                                      monkeypatch):
+    mteb = pytest.importorskip("mteb")
+    from glotpool.data import TextDataset
+    from glotpool.integrations.mteb import MTEBEncoder, evaluate_mteb, mteb_model_meta, sts_task
+
+    enc = _encoder(minilm)
+    enc.save_pretrained(tmp_path / "glot-minilm")
+    meta = mteb_model_meta(tmp_path / "glot-minilm")
+    assert meta.name == "glotpool/glot-minilm" and meta.embed_dim == enc.dim
+    assert meta.adapted_from == "sentence-transformers/all-MiniLM-L6-v2"
+    model = mteb.get_model("glotpool/glot-minilm", device="cpu")
+    assert isinstance(model, MTEBEncoder) and model.mteb_model_meta.name == "glotpool/glot-minilm"
+    torch.testing.assert_close(model.model.encode(TEXTS), enc.encode(TEXTS))
+    put_in_hf_cache(hf_cache, "org/glot-minilm", tmp_path / "glot-minilm")
+    mteb_model_meta("org/glot-minilm", revision=COMMIT)
+    by_id = mteb.get_model("org/glot-minilm", revision=COMMIT, device="cpu")
+    torch.testing.assert_close(by_id.model.encode(TEXTS), enc.encode(TEXTS))
+    # evaluate_mteb: MTEB's results cache by default ($MTEB_CACHE), filed under the model's name
+    monkeypatch.setenv("MTEB_CACHE", str(tmp_path / "mteb-cache"))
+    pairs = TextDataset([f"a cat sat {i} ." for i in range(12)], [f"a cat is sitting {i} ." for i in range(12)],
+                        [float(i % 6) for i in range(12)])
+    res = evaluate_mteb(model, tasks=[sts_task(pairs, 0, 5)], show_progress=False)
+    files = list((tmp_path / "mteb-cache").rglob("LocalSTS.json"))
+    assert files and any("glot-minilm" in str(f) for f in files)
+    assert res["LocalSTS"]["main_score"] == pytest.approx(res["LocalSTS"]["scores"]["test"][0]["main_score"])

@@ -70,7 +70,8 @@ class MTEBEncoder(AbsEncoder):
         self.mteb_model_meta = ModelMeta.create_empty(overwrites={
             "name": name, "revision": revision, "embed_dim": encoder.dim, "max_tokens": bb.config.max_length,
             "n_parameters": n_params, "similarity_fn_name": ScoringFunction.COSINE, "framework": ["PyTorch"],
-            "modalities": ["text"], "open_weights": True})
+            "modalities": ["text"], "open_weights": True, "loader": load_mteb_model,
+            "adapted_from": (encoder.backbone_reference().get("hub_id") or None)})
 
     def encode(self, inputs, *, task_metadata: TaskMetadata, hf_split: str, hf_subset: str,
                prompt_type=None, **kwargs: Any) -> np.ndarray:
@@ -87,6 +88,47 @@ class MTEBEncoder(AbsEncoder):
                                  convert_to="numpy")
 
 
+def load_mteb_model(model_name: str, revision: str | None = None, *, path: str | None = None,
+                    model_revision: str | None = None, device: str | None = None, **kwargs) -> MTEBEncoder:
+    """MTEB's loader for a glotpool model (``ModelMeta.loader``): the encoder at ``path`` (a folder or a Hub repo
+    id; default ``model_name``) -> an :class:`MTEBEncoder` named ``model_name``. ``revision``: MTEB's result
+    revision; ``model_revision``: the Hub revision of ``path``."""
+    enc = Encoder.from_pretrained(path or model_name, device=device or "auto", revision=model_revision)
+    return MTEBEncoder(enc, name=model_name, revision=revision, **kwargs)
+
+
+def mteb_model_meta(name_or_path: str | os.PathLike, *, name: str | None = None, revision: str | None = None,
+                    register: bool = True) -> ModelMeta:
+    """A ``ModelMeta`` whose loader rebuilds the glotpool model at ``name_or_path`` (folder or Hub repo id), so
+    ``mteb.get_model(name)`` works (``register=True`` adds it to MTEB's model registry).
+
+    ``name``: the MTEB name ('org/model'), default the repo id, or ``glotpool/<folder name>`` for a folder.
+    ``revision`` (Hub revision of a repo id) is also MTEB's revision; a folder's is its weights hash.
+    """
+    import json
+
+    from mteb.models.model_implementations import MODEL_REGISTRY
+
+    from glotpool.hub import resolve_folder
+
+    folder = resolve_folder(name_or_path, revision, what="encoder")
+    meta = json.loads((folder / "encoder.json").read_text())
+    local = Path(name_or_path).expanduser().is_dir()
+    name = name or (f"glotpool/{Path(name_or_path).resolve().name}" if local else str(name_or_path))
+    if "/" not in name:
+        raise ValueError(f"MTEB model names look like 'org/model', got {name!r}")
+    ref = meta.get("backbone") or {}
+    mm = ModelMeta.create_empty(overwrites={
+        "name": name, "revision": revision or str(ref.get("weights_sha256") or "unknown")[:12],
+        "embed_dim": meta.get("dim"), "max_tokens": ref.get("max_length"),
+        "similarity_fn_name": ScoringFunction.COSINE, "framework": ["PyTorch"], "modalities": ["text"],
+        "open_weights": True, "loader": load_mteb_model, "adapted_from": ref.get("hub_id"),
+        "loader_kwargs": {"path": str(folder if local else name_or_path), "model_revision": revision}})
+    if register:
+        MODEL_REGISTRY[name] = mm
+    return mm
+
+
 def as_mteb_model(model, **kwargs) -> MTEBEncoder:
     """An :class:`MTEBEncoder` from an ``Encoder``, an encoder folder, or an ``MTEBEncoder`` (returned as is)."""
     if isinstance(model, MTEBEncoder):
@@ -97,13 +139,15 @@ def as_mteb_model(model, **kwargs) -> MTEBEncoder:
 
 
 def evaluate_mteb(model, task_names: Sequence[str] | None = None, tasks: Sequence | None = None, *,
-                  batch_size: int = 32, output_folder: str | os.PathLike | None = None,
+                  batch_size: int = 32, output_folder: str | os.PathLike | None | bool = None,
                   show_progress: bool = True, **encoder_kwargs) -> dict[str, dict]:
     """Run ``mteb.evaluate`` and return ``{task name: {"main_score", "main_score_name", "scores"}}``.
 
     ``task_names`` are MTEB task names (``mteb.get_tasks``; their data is downloaded from the hub on first use);
-    ``tasks`` are task objects, e.g. the offline :func:`classification_task` / :func:`sts_task`. ``output_folder``
-    keeps MTEB's result files (a ``ResultCache``); None writes nothing. Scores are always recomputed.
+    ``tasks`` are task objects, e.g. the offline :func:`classification_task` / :func:`sts_task`. Results go to MTEB's
+    results cache (``~/.cache/mteb`` or ``$MTEB_CACHE``) by default, under the model's MTEB name; ``output_folder``
+    names another cache folder, ``output_folder=False`` writes nothing. Scores are always recomputed;
+    ``main_score`` is MTEB's own ``TaskResult.get_score()``.
     """
     import mteb
 
@@ -113,16 +157,19 @@ def evaluate_mteb(model, task_names: Sequence[str] | None = None, tasks: Sequenc
     if task_names:
         all_tasks += list(mteb.get_tasks(tasks=list(task_names)))
     wrapper = as_mteb_model(model, batch_size=batch_size, **encoder_kwargs)
-    cache = mteb.ResultCache(cache_path=str(output_folder)) if output_folder is not None else None
+    cache = (None if output_folder is False else mteb.ResultCache() if output_folder is None else
+             mteb.ResultCache(cache_path=str(output_folder)))
     result = mteb.evaluate(wrapper, all_tasks, cache=cache, overwrite_strategy="always",
                            encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress},
                            show_progress_bar=show_progress)
     main_names = {t.metadata.name: t.metadata.main_score for t in all_tasks}
     out = {}
     for tr in result.task_results:
-        main = [s["main_score"] for split in tr.scores.values() for s in split if "main_score" in s]
-        out[tr.task_name] = {"main_score": float(np.mean(main)) if main else float("nan"),
-                             "main_score_name": main_names.get(tr.task_name), "scores": tr.scores}
+        try:
+            main = float(tr.get_score())
+        except (KeyError, ValueError):
+            main = float("nan")
+        out[tr.task_name] = {"main_score": main, "main_score_name": main_names.get(tr.task_name), "scores": tr.scores}
     return out
 
 
