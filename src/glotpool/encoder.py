@@ -270,26 +270,43 @@ class Encoder:
                    score_range=labels.get("score_range"), training=_run_training(best.parent))
 
     # --- inference -----------------------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str], truncation: bool = True):
+        """Validated texts -> unpadded token ids (a ``BatchEncoding`` of lists), what :meth:`embed_features` takes.
+
+        ``truncation=False`` keeps every token (to measure a text against ``max_length``); a text within
+        ``max_length`` tokenizes the same either way.
+        """
+        if truncation:
+            return self.backbone.tokenize(texts, padding=False, return_tensors=None)
+        return self.backbone.tokenizer(list(texts), padding=False, truncation=False, verbose=False)
+
+    def embed_features(self, features: list[dict], dtype=None) -> torch.Tensor:
+        """One batch of tokenized texts (per text a dict of token lists, rows of :meth:`tokenize`) -> ``Z [B, dim]``.
+
+        The one forward path: :meth:`encode` runs its length-sorted batches through here, and so does
+        ``glotpool serve``'s batcher. Pads to the batch's longest text; float32 on CPU, rows in ``features`` order.
+        """
+        bb = self.backbone
+        dtype = _as_dtype(dtype)
+        autocast = dtype is not None and dtype != next(bb.model.parameters()).dtype
+        batch = bb.tokenizer.pad(features, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            # autocast only around the backbone: the pooler runs in its own (fp32) weights' dtype
+            with torch.autocast(bb.device.type, dtype=dtype, enabled=autocast):
+                h, mask = bb.forward_batch(batch)
+            return self.pooler(h, mask).float().cpu()
+
     def _embed(self, texts: list[str], batch_size: int, dtype=None, bar=None) -> torch.Tensor:
         """Validated texts -> ``Z [N, dim]`` float32 on CPU, input order. ``bar``: a tqdm advanced per batch."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        bb = self.backbone
         dtype = _as_dtype(dtype)
-        param = next(bb.model.parameters())
-        autocast = dtype is not None and dtype != param.dtype
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)  # a normal tensor (not an inference one)
-        enc = bb.tokenize(texts, padding=False, return_tensors=None)  # once; batches are padded to their longest
+        enc = self.tokenize(texts)  # once; batches are padded to their longest
         keys = list(enc.keys())
         with torch.inference_mode():
             for idx in length_sorted_batches([len(ids) for ids in enc["input_ids"]], batch_size):
-                batch = bb.tokenizer.pad([{k: enc[k][i] for k in keys} for i in idx], padding=True,
-                                         return_tensors="pt")
-                # autocast only around the backbone: the pooler runs in its own (fp32) weights' dtype
-                with torch.autocast(bb.device.type, dtype=dtype, enabled=autocast):
-                    h, mask = bb.forward_batch(batch)
-                z = self.pooler(h, mask)
-                out[torch.as_tensor(idx)] = z.float().cpu()
+                out[torch.as_tensor(idx)] = self.embed_features([{k: enc[k][i] for k in keys} for i in idx], dtype)
                 if bar is not None:
                     bar.update(len(idx))
         return out
@@ -372,7 +389,11 @@ class Encoder:
         z1 = self.encode(texts, batch_size, show_progress=show_progress, convert_to="torch", dtype=dtype)
         z2 = (self.encode(texts2, batch_size, show_progress=show_progress, convert_to="torch", dtype=dtype)
               if texts2 is not None else None)
-        dev = self.backbone.device
+        return self.logits_from_vectors(z1, z2)
+
+    def logits_from_vectors(self, z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
+        """The classifier head on pooled (unnormalized) vectors -> logits ``[N, C]`` float32 on CPU."""
+        head, dev = self._classifier(), self.backbone.device
         with torch.inference_mode():
             logits = head(z1.to(dev), z2.to(dev) if z2 is not None else None)
         return logits.float().cpu().clone()
