@@ -251,7 +251,7 @@ def test_glue_preset_offline_from_save_to_disk(tmp_path):
     sts.save_to_disk(str(tmp_path / "stsb"))
     preset, s = load_task("sst2", local_path=tmp_path / "sst2", seed=0)
     assert preset.name == "sst2"
-    assert {k: len(v) for k, v in s.items()} == {"train": 36, "dev": 4, "test": 10}  # dev = 10% of train
+    assert {k: len(v) for k, v in s.items()} == {"train": 20, "dev": 20, "test": 10}  # dev >= 200 rows: half of 40
     assert set(s["train"].labels) == {"negative", "positive"}  # ClassLabel ids -> preset names
     assert s["test"].texts[0] == "sentence 0 ." and s["test"].labels[:2] == ["negative", "positive"]
     assert set(s["train"].texts).isdisjoint(s["dev"].texts)

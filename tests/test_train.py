@@ -152,7 +152,7 @@ def test_sts_and_retrieval_train_end_to_end(pang_lee_cache):
     data = prepare_splits(cache, {k: pair(v) for k, v in splits.items()}, "sts")
     assert data.score_range == (0.0, 1.0) and n > 10
     rec = run_one(PoolerSpec.of("mean"), cache, data, TrainConfig(epochs=1, show_progress=False), seed=0)
-    assert set(rec.test) == {"pearson", "spearman"}
+    assert set(rec.test) == {"pearson", "spearman", "loss"}  # loss: the dev tie-break, reported everywhere
     ret = prepare_splits(cache, {k: TextDataset(v.texts, v.texts) for k, v in splits.items()}, "retrieval")
     rec = run_one(PoolerSpec.of("adapool"), cache, ret, TrainConfig(epochs=1, show_progress=False), seed=0)
     assert rec.test["recall@1"] == 1.0  # query == document: every query finds itself first
@@ -181,11 +181,13 @@ def test_compare_on_local_files(minilm, tmp_path):
     from glotpool.experiments.compare import CompareSettings, run_compare
 
     settings = CompareSettings(source=TaskSource(task=None, data_file=str(DATA / "pang-lee" / "sentences.csv")),
-                               poolers=("mean", "glot:hidden_dim=32"), seeds=(0, 1),
+                               poolers=("mean", "glot:hidden_dim=32"), seeds=(0, 1), budget="fixed",
                                train=TrainConfig(epochs=2, show_progress=False), show_progress=False)
     result = run_compare(settings, tmp_path / "cmp", backbone=minilm)
     assert [r["label"] for r in result["summary"]] == ["mean", "glot:hidden_dim=32"]
     assert all(r["n"] == 2 for r in result["summary"])
+    assert all(rec["train_config"]["epochs"] == 2 for rec in result["records"])  # fixed: exactly as given
+    assert result["significance"]["best"] in ("mean", "glot:hidden_dim=32")
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "| glot:hidden_dim=32 |" in table and "±" in table
     from PIL import Image

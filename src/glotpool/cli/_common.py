@@ -8,7 +8,8 @@ from glotpool.training.trainer import TrainConfig
 
 def add_task_args(p: argparse.ArgumentParser) -> None:
     """A preset task, or local data files: the same arguments for every command that trains."""
-    p.add_argument("--task", default=None, help="preset: pang-lee, snli, or a GLUE task (cola, sst2, stsb, ...)")
+    p.add_argument("--task", default=None,
+                   help="preset: pang-lee, snli, nli-pairs, or a GLUE task (cola, sst2, stsb, ...)")
     p.add_argument("--data-dir", default=None, help="folder of fetched corpora (default $GLOTPOOL_DATA or ./data)")
     g = p.add_argument_group("local data files (instead of --task)")
     g.add_argument("--train", dest="train_file")
@@ -19,7 +20,8 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
                    help="what the files hold (presets know their own)")
     g.add_argument("--text-col", default="text")
     g.add_argument("--text-col-2", default=None)
-    g.add_argument("--label-col", default="label")
+    g.add_argument("--text-col-3", default=None, help="retrieval: a hard-negative column (optional)")
+    g.add_argument("--label-col", default="label", help="label column (classification; retrieval needs none)")
     g.add_argument("--score-col", default=None, help="sts: the score column (instead of --label-col)")
 
 
@@ -34,7 +36,8 @@ def task_source(args: argparse.Namespace):
 
     return TaskSource(task=args.task, data_dir=args.data_dir, train_file=args.train_file, dev_file=args.dev_file,
                       test_file=args.test_file, data_file=args.data_file, task_type=args.task_type,
-                      text_col=args.text_col, text_col_2=args.text_col_2, label_col=args.label_col,
+                      text_col=args.text_col, text_col_2=args.text_col_2,
+                      text_col_3=getattr(args, "text_col_3", None), label_col=args.label_col,
                       score_col=args.score_col, max_train=getattr(args, "max_train", None),
                       data_seed=getattr(args, "data_seed", 0))
 
@@ -69,6 +72,9 @@ def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     g.add_argument("--grad-clip", type=float, default=defaults.grad_clip)
     g.add_argument("--class-weights", action="store_true", help="inverse-frequency class weights")
     g.add_argument("--metric", default=None, help="dev metric for model selection (default by task type)")
+    g.add_argument("--schedule", default=defaults.schedule, choices=["constant", "cosine", "linear"],
+                   help="learning rate schedule over --epochs")
+    g.add_argument("--warmup", type=float, default=defaults.warmup, help="share of steps of linear warm-up")
     g.add_argument("--device", default="cpu")
     g.add_argument("--precision", default=defaults.precision, choices=["fp32", "bf16"],
                    help="bf16 = bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX and on GPUs)")
@@ -77,8 +83,8 @@ def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                        patience=args.patience, grad_clip=args.grad_clip, class_weights=args.class_weights,
-                       metric=args.metric, device=args.device,
-                       precision=args.precision)
+                       metric=args.metric, device=args.device, precision=args.precision,
+                       schedule=args.schedule, warmup=args.warmup)
 
 
 def csv_list(cast=str):

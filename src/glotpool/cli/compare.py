@@ -8,6 +8,7 @@ from glotpool.cli._common import (add_cache_dir_arg, add_task_args, add_train_ar
 
 
 def register(subparsers) -> None:
+    from glotpool.experiments.budgets import BUDGET_NAMES, CONVERGED_GRID
     from glotpool.experiments.compare import DEFAULT_POOLERS, CompareSettings
 
     d = CompareSettings()
@@ -23,6 +24,14 @@ def register(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--layer", type=int, default=-1)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/dev/test split")
+    p.add_argument("--budget", default=d.budget, choices=BUDGET_NAMES,
+                   help="converged: warm-up + cosine, early stopping, lr x weight decay chosen per pooler on dev; "
+                        "paper: the published 3 epochs at lr 1e-4; fixed: exactly --lr/--epochs/...")
+    p.add_argument("--grid", nargs="*", default=None, metavar="KEY=V1,V2",
+                   help="converged budget's dev grid, e.g. lr=1e-3,1e-2 weight_decay=0,0.01 (default "
+                        + " ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in CONVERGED_GRID.items()) + ")")
+    p.add_argument("--probe", choices=["sklearn"], default=None,
+                   help="add a dev-tuned scikit-learn LogisticRegression row for each parameter-free pooler")
     add_cache_dir_arg(p)
     p.add_argument("--quiet", action="store_true")
     add_train_args(p, d.train)
@@ -31,9 +40,12 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from glotpool.experiments.compare import CompareSettings, run_compare
+    from glotpool.experiments.sweep import parse_grid
 
     settings = CompareSettings(backbone=args.backbone, source=task_source(args), poolers=args.poolers,
-                               seeds=args.seeds, train=train_config(args), max_length=args.max_length,
+                               seeds=args.seeds, train=train_config(args), budget=args.budget,
+                               grid=parse_grid(args.grid) if args.grid else None, probe=args.probe,
+                               max_length=args.max_length,
                                layer=args.layer, cache_dir=args.cache_dir, show_progress=not args.quiet)
     name = args.task or "local"
     out = args.out or f"runs/compare-{name}"

@@ -15,9 +15,8 @@ from glotpool.cli._common import add_cache_dir_arg, add_task_args, add_train_arg
 
 
 def register(subparsers) -> None:
-    from glotpool.experiments.compare import CompareSettings
+    from glotpool.experiments.budgets import CONVERGED
 
-    d = CompareSettings()
     p = subparsers.add_parser("train", help="train one pooler on a task and save a model for encode / predict",
                               description="Cache the task's texts with the frozen backbone, train the pooler and "
                                           "task head (best dev epoch kept), save OUT/model and print the metrics.")
@@ -35,7 +34,7 @@ def register(subparsers) -> None:
                    help="replace an OUT/cache built with other settings and a non-empty OUT/model that is not a "
                         "glotpool model folder")
     p.add_argument("--quiet", action="store_true")
-    add_train_args(p, d.train)
+    add_train_args(p, CONVERGED)  # warm-up + cosine, up to 60 epochs, early stopping on dev
     p.set_defaults(func=run)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from glotpool.data.datasets import TextDataset, _columns_to_dataset, read_table
 from glotpool.data.fetch import default_data_dir
-from glotpool.data.splits import load_splits, split_dataset, subsample
+from glotpool.data.splits import dev_fraction_for, load_splits, split_dataset, subsample
 
 # ----------------------------------------------------------------------------------------------- presets
 
@@ -32,6 +32,7 @@ class TaskPreset:
     hf_name: str | None = None
     text_col: str = "sentence"
     text_col_2: str | None = None
+    text_col_3: str | None = None  # retrieval: a hard-negative column
     label_col: str | None = "label"
     score_col: str | None = None
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "test": "validation"})
@@ -80,6 +81,13 @@ PRESETS: dict[str, TaskPreset] = {
                        text_col_2="hypothesis", splits={"train": "train.jsonl", "test": "test.jsonl"},
                        description="SNLI: first 100k train pairs (dev = 10% of premises, none shared) + official "
                        "test, from DATA_DIR/snli/{train,test}.jsonl"),
+    "nli-pairs": TaskPreset(name="nli-pairs", task_type="retrieval", metric="mrr@10",
+                            metrics=("mrr@10", "recall@1", "recall@10"), text_col="premise", text_col_2="positive",
+                            text_col_3="negative", label_col=None,
+                            splits={"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"},
+                            description="SNLI triplets (premise, entailed hypothesis, contradiction of the same "
+                            "premise as hard negative), deduplicated: 31,987 train / 1,175 dev (1,000 premises, none "
+                            "in train) / 3,167 test (official test), from DATA_DIR/nli-pairs/ (glotpool fetch-data)"),
 }
 GLUE_TASKS = tuple(k for k, p in PRESETS.items() if p.hf_path == "nyu-mll/glue")
 
@@ -139,7 +147,7 @@ def _carve_dev(splits: dict[str, TextDataset], preset: TaskPreset, seed: int) ->
     if "dev" in splits:
         return splits
     tr = splits["train"]
-    frac = min(preset.dev_fraction, preset.dev_max / len(tr))
+    frac = min(dev_fraction_for(len(tr), preset.dev_fraction), preset.dev_max / len(tr))
     splits["train"], splits["dev"], _ = split_dataset(tr, (1 - frac, frac, 0.0), seed=seed)
     return splits
 
@@ -182,7 +190,10 @@ def load_task(
         if missing:
             raise FileNotFoundError(f"{folder}: missing {missing}; run `glotpool fetch-data --data-dir "
                                     f"{root} --only {name}` (or set GLOTPOOL_DATA)")
-        if name == "pang-lee":
+        if name == "nli-pairs":  # train rows grouped by premise: the retrieval sampler keeps a premise to one batch
+            kw = dict(text_col="premise", text_col_2="positive", text_col_3="negative", group_col="premise")
+            splits = {k: read_table(folder / f, **kw) for k, f in preset.splits.items()}
+        elif name == "pang-lee":
             ds = read_table(folder / "sentences.csv", text_col="text", label_col="label")
             tr, dv, te = split_dataset(ds, (0.8, 0.1, 0.1), seed=seed)
             splits = {"train": tr, "dev": dv, "test": te}
@@ -193,6 +204,8 @@ def load_task(
             tr, dv, _ = split_dataset(train, (0.9, 0.1, 0.0), seed=seed)
             splits = {"train": tr, "dev": dv, "test": read_table(folder / "test.jsonl", **kw)}
         for split, ds in splits.items():
+            if preset.label_names is None:
+                continue
             bad = sorted({y for y in ds.labels} - set(preset.label_names), key=str)
             if bad:
                 raise ValueError(f"{folder} ({split}): labels {bad} are not among {list(preset.label_names)}; "
@@ -230,6 +243,7 @@ class TaskSource:
     task_type: str = "single"  # local files only: presets know their own
     text_col: str = "text"
     text_col_2: str | None = None
+    text_col_3: str | None = None  # retrieval: hard negatives
     label_col: str | None = "label"
     score_col: str | None = None
     max_train: int | None = None  # seeded (stratified) subsample of train
@@ -247,9 +261,13 @@ class TaskSource:
             raise ValueError("give --task PRESET, or data files (--train/--dev/--test, or --data to split one file)")
         if self.score_col and self.task_type != "sts":
             raise ValueError("--score-col is for --task-type sts")
+        if self.text_col_3 and self.task_type != "retrieval":
+            raise ValueError("--text-col-3 (hard negatives) is for --task-type retrieval")
+        no_label = self.score_col or self.task_type == "retrieval"  # contrastive pairs have no label column
         splits = load_splits(train=self.train_file, dev=self.dev_file, test=self.test_file, single=self.data_file,
                              seed=self.data_seed, text_col=self.text_col, text_col_2=self.text_col_2,
-                             label_col=None if self.score_col else self.label_col, score_col=self.score_col)
+                             label_col=None if no_label else self.label_col, score_col=self.score_col,
+                             **({"text_col_3": self.text_col_3} if self.text_col_3 else {}))
         if self.max_train:
             splits["train"] = subsample(splits["train"], self.max_train, seed=self.data_seed)
         return LoadedTask(Path(self.train_file or self.data_file).stem, self.task_type, splits)

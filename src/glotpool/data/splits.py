@@ -101,26 +101,51 @@ def subsample(ds: TextDataset, n: int, seed: int = 0, stratify: bool = True) -> 
     return ds.subset(np.asarray(keep)[rng.permutation(len(keep))])
 
 
+MIN_DEV_ROWS = 200  # a dev split smaller than this cannot tell two poolers apart (±3.5 points at 50 %)
+
+
+def dev_fraction_for(n_train: int, fraction: float = 0.1, min_rows: int = MIN_DEV_ROWS) -> float:
+    """The share of ``n_train`` rows to carve out as dev: ``max(fraction, min_rows / n)``, at most half.
+
+    Warns (stderr) when the data is too small for a ``min_rows`` dev split and half of train is used instead."""
+    if n_train < 2:
+        raise ValueError(f"need at least 2 training rows to carve a dev split, got {n_train}; pass --dev FILE")
+    frac = max(fraction, min_rows / n_train)
+    if frac > 0.5:
+        import sys
+
+        print(f"warning: only {n_train} training rows: dev = {n_train // 2} rows (half of train) is too small to "
+              f"select on reliably (>= {min_rows} wanted); pass a --dev file or more data", file=sys.stderr)
+        frac = 0.5
+    return frac
+
+
 def load_splits(
     train: str | os.PathLike | None = None,
     dev: str | os.PathLike | None = None,
     test: str | os.PathLike | None = None,
     single: str | os.PathLike | None = None,
-    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    ratios: Sequence[float] | None = None,
     seed: int = 0,
-    dev_fraction: float = 0.1,
+    dev_fraction: float | None = None,
     stratify: bool = True,
     **read_kwargs: Any,
 ) -> dict[str, TextDataset]:
     """Read ``{"train", "dev", "test"}`` splits from files (every file read with ``read_kwargs``).
 
-    Accepted combinations: ``single`` (one file, split by ``ratios`` with ``seed``); ``train + dev + test``;
-    ``train + test`` (dev = a seeded, stratified ``dev_fraction`` of train).
+    Accepted combinations: ``single`` (one file, split by ``ratios`` with ``seed``; default: test 10 %, dev
+    :func:`dev_fraction_for` of the rest); ``train + dev + test``;
+    ``train + test`` (dev = a seeded, stratified ``dev_fraction`` of train; default
+    :func:`dev_fraction_for`: 10 %, at least 200 rows).
     """
     if single is not None:
         if any(p is not None for p in (train, dev, test)):
             raise ValueError("give either single= (one file to split) or train=/dev=/test= files, not both")
-        tr, dv, te = split_dataset(read_table(single, **read_kwargs), ratios, seed=seed, stratify=stratify)
+        ds = read_table(single, **read_kwargs)
+        if ratios is None:
+            dev = dev_fraction_for(int(len(ds) * 0.9)) * 0.9
+            ratios = (0.9 - dev, dev, 0.1)
+        tr, dv, te = split_dataset(ds, ratios, seed=seed, stratify=stratify)
         return {"train": tr, "dev": dv, "test": te}
     if train is None or test is None:
         raise ValueError("need --train and --test files (--dev optional: carved from --train), or --data to split "
@@ -130,6 +155,8 @@ def load_splits(
     if dev is not None:
         out["dev"] = read_table(dev, **read_kwargs)
     else:
+        if dev_fraction is None:
+            dev_fraction = dev_fraction_for(len(out["train"]))
         if not 0.0 < dev_fraction < 1.0:
             raise ValueError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
         out["train"], out["dev"], _ = split_dataset(out["train"], (1 - dev_fraction, dev_fraction, 0.0), seed=seed,

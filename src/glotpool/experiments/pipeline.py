@@ -29,7 +29,9 @@ class MainJobSettings:
     compare_task: str | None = "pang-lee"
     compare_seeds: tuple[int, ...] = (0, 1, 2)
     compare_max_train: int | None = None
-    compare_epochs: int | None = None  # default: CompareSettings' budget
+    compare_budget: str = "converged"
+    compare_grid: dict | None = None  # the converged budget's dev grid; None = CONVERGED_GRID
+    compare_epochs: int | None = None  # with compare_budget="fixed"
     data_dir: str | None = None
     show_progress: bool = True
 
@@ -38,7 +40,8 @@ class MainJobSettings:
         """The same wiring end to end at a tiny size (CI runs it from an empty data folder): fetch, cache, stress
         at one ratio with one seed, a one-seed comparison on 400 training sentences, the report and figures."""
         small = dict(stress_seeds=(0,), stress_ratios=(0.9,), stress_n_train=200, stress_n_eval=100,
-                     stress_max_epochs=3, compare_seeds=(0,), compare_max_train=400, compare_epochs=3)
+                     stress_max_epochs=3, compare_seeds=(0,), compare_max_train=400, compare_budget="fixed",
+                     compare_epochs=3)
         return cls(**{**small, **overrides})
 
 
@@ -68,7 +71,7 @@ def run_main_job(s: MainJobSettings, out_dir: str | Path) -> str:
     if s.compare_task:
         source = TaskSource(task=s.compare_task, data_dir=s.data_dir, max_train=s.compare_max_train)
         settings = CompareSettings(backbone=s.backbone, source=source, seeds=s.compare_seeds,
-                                   show_progress=s.show_progress)
+                                   budget=s.compare_budget, grid=s.compare_grid, show_progress=s.show_progress)
         if s.compare_epochs is not None:
             settings.train = replace(settings.train, epochs=s.compare_epochs)
         run_compare(settings, out_dir / f"compare-{s.compare_task}", backbone=backbone)

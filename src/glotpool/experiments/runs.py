@@ -115,6 +115,7 @@ class RunRecord:
     train_seconds: float
     trainable_parameters: int
     extra: dict = field(default_factory=dict)
+    test_predictions: list | None = None  # per test row: what the paired significance tests compare
 
     @property
     def test_score(self) -> float:
@@ -144,7 +145,10 @@ def data_fingerprint(data: CachedSplits) -> str:
     for name in sorted(data.splits):
         s = data.splits[name]
         h.update(f"\x00split:{name}:{len(s)}".encode())
-        for part, arr in (("idx1", s.idx1), ("idx2", s.idx2), ("targets", s.targets)):
+        parts = [("idx1", s.idx1), ("idx2", s.idx2), ("targets", s.targets)]
+        parts += [(k, a) for k, a in (("idx3", getattr(s, "idx3", None)), ("groups", getattr(s, "groups", None)))
+                  if a is not None]  # only when present: older runs keep their fingerprint
+        for part, arr in parts:
             h.update(f"\x00{part}:".encode())
             if arr is not None:
                 a = np.ascontiguousarray(arr)
@@ -193,7 +197,7 @@ def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainC
                     train_config=settings["train_config"], metric=result.metric, dev=result.dev, test=result.test,
                     best_epoch=result.best_epoch, seconds_per_epoch=result.seconds_per_epoch,
                     train_seconds=result.train_seconds, trainable_parameters=result.trainable_parameters,
-                    extra=dict(extra or {}))
+                    extra=dict(extra or {}), test_predictions=result.test_predictions)
     if run_dir is not None:
         atomic_write_json(Path(run_dir) / "run.json", {"settings": settings, "record": asdict(rec)})
     return rec

@@ -62,7 +62,32 @@ class TrainConfig:
     metric: str | None = None  # dev metric for model selection; default by task type
     device: str = "cpu"
     precision: str = "fp32"  # fp32 | bf16 (autocast: ~1.5-2.5x faster matmuls on CPUs with AVX512-BF16/AMX and GPUs)
+    schedule: str = "constant"  # learning rate over the run: constant | cosine | linear (decay to 0 at `epochs`)
+    warmup: float = 0.0  # share of the run's steps with a linear warm-up from 0 (cosine / linear schedules)
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup is a share of the steps in [0, 1), got {self.warmup}")
+
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based) of ``total``.
+
+    Linear warm-up over the first ``warmup · total`` steps, then constant, cosine (``½(1 + cos πt)``) or linear
+    decay to 0 at ``total``; ``t`` runs from 0 to 1 over the steps after warm-up."""
+    if schedule == "constant":
+        return 1.0
+    n_warm = int(warmup * total)
+    if step < n_warm:
+        return (step + 1) / n_warm
+    t = min(1.0, (step - n_warm) / max(1, total - n_warm))
+    return 0.5 * (1.0 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -74,6 +99,8 @@ class CachedSplit:
     idx1: np.ndarray  # [N] cache index of the first text
     idx2: np.ndarray | None  # [N] cache index of the second text (pair tasks)
     targets: np.ndarray | None  # class ids [N] (int64), scores [N] (float32), or None (retrieval)
+    idx3: np.ndarray | None = None  # [N] cache index of a hard negative (retrieval triplets)
+    groups: np.ndarray | None = None  # [N] int group ids (retrieval: rows of one group never share a batch)
 
     def __len__(self) -> int:
         return len(self.idx1)
@@ -135,7 +162,14 @@ def prepare_splits(cache: TokenCache, datasets: dict[str, TextDataset], task_typ
         ds = datasets[n]
         idx1 = np.asarray(cache.lookup(ds.texts), dtype=np.int64)
         idx2 = np.asarray(cache.lookup(ds.texts2), dtype=np.int64) if pair else None
-        splits[n] = CachedSplit(idx1, idx2, t)
+        retrieval = task_type == "retrieval"
+        idx3 = (np.asarray(cache.lookup(ds.texts3), dtype=np.int64)
+                if retrieval and getattr(ds, "texts3", None) is not None else None)
+        groups = None
+        if retrieval and ds.groups is not None:
+            ids: dict = {}
+            groups = np.asarray([ids.setdefault(g, len(ids)) for g in ds.groups], dtype=np.int64)
+        splits[n] = CachedSplit(idx1, idx2, t, idx3, groups)
     return CachedSplits(task_type, splits, list(label_names) if label_names else None, score_range)
 
 
@@ -157,6 +191,34 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
     return batches
 
 
+def group_separated_batches(groups: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of positions ``0..N-1`` in which no two rows share a group id (e.g. two triplets of one
+    NLI premise: each would be the other's false in-batch negative).
+
+    Rows are taken in a random order; a row whose group already is in the open batch waits for a later batch. Every
+    row lands in exactly one batch; only the last batches of a pass may be short (a group larger than the rest of
+    the data ends up in batches of its own)."""
+    queue = [int(i) for i in rng.permutation(len(groups))]
+    batches: list[np.ndarray] = []
+    while queue:
+        cur, seen, rest = [], set(), []
+        for i in queue:
+            g = int(groups[i])
+            if g in seen:
+                rest.append(i)
+                continue
+            cur.append(i)
+            seen.add(g)
+            if len(cur) == batch_size:
+                batches.append(np.asarray(cur, dtype=np.int64))
+                cur, seen = [], set()
+        if cur:
+            batches.append(np.asarray(cur, dtype=np.int64))
+        queue = rest
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # model = pooler + head
 
@@ -173,6 +235,8 @@ class PoolerWithHead(nn.Module):
     def forward(self, cache: TokenCache, split: CachedSplit, rows: np.ndarray, device) -> Tensor:
         z1 = self.embed(cache, split.idx1[rows], device)
         z2 = self.embed(cache, split.idx2[rows], device) if split.idx2 is not None else None
+        if getattr(split, "idx3", None) is not None and self.training:  # hard negatives: a training-loss input
+            return self.head(z1, z2, self.embed(cache, split.idx3[rows], device))
         return self.head(z1, z2)
 
 
@@ -195,9 +259,27 @@ def _evaluate(model, cache, split, task_type, batch_size, device, num_labels):
         q, d = q.float(), d.float()
         sims = (torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(d, dim=-1).T).cpu()
         return compute_metrics("retrieval", sims.numpy(), [{i} for i in range(len(order))])
-    outs = torch.cat([model.head.predictions(model(cache, split, b, device)).float().cpu() for b in batches])
+    raw = torch.cat([model(cache, split, b, device).float().cpu() for b in batches])
     golds = split.targets[np.concatenate(batches)]
-    return compute_metrics(task_type, outs.numpy(), golds, num_labels=num_labels)
+    metrics = compute_metrics(task_type, model.head.predictions(raw).numpy(), golds, num_labels=num_labels)
+    metrics["loss"] = float(model.head.loss(raw, torch.from_numpy(golds)))  # the tie-break of model selection
+    return metrics
+
+
+@torch.inference_mode()
+def predict_split(model: PoolerWithHead, cache: TokenCache, split: CachedSplit, batch_size: int = 128,
+                  device="cpu", precision: str = "fp32") -> np.ndarray:
+    """The head's predictions (class ids, or scores) for every row of ``split``, in row order: what the paired
+    significance tests compare between two poolers."""
+    model.eval()
+    order = np.argsort(cache.lengths[split.idx1], kind="stable")
+    out = np.empty(len(order), dtype=np.float64)
+    with autocast(device, precision):
+        for i in range(0, len(order), batch_size):
+            b = order[i:i + batch_size]
+            pred = model.head.predictions(model(cache, split, b, device).float()).cpu().numpy()
+            out[b] = pred.argmax(-1) if pred.ndim == 2 else pred
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,12 +296,19 @@ class TrainResult:
     seconds_per_epoch: float = 0.0
     trainable_parameters: int = 0
     metric: str = ""
+    test_predictions: list | None = None  # per test row (class id or score): for paired significance tests
 
 
-def _is_better(value: float, best: float | None, higher: bool) -> bool:
+def _is_better(value: float, best: float | None, higher: bool, loss: float | None = None,
+               best_loss: float | None = None) -> bool:
+    """A better dev metric wins; on a tie (common for accuracy on a few hundred rows) the lower dev loss wins."""
     if value is None or math.isnan(value):
         return False
-    return best is None or (value > best if higher else value < best)
+    if best is None:
+        return True
+    if value == best:
+        return loss is not None and best_loss is not None and loss < best_loss
+    return value > best if higher else value < best
 
 
 def resolve_metric(cfg: TrainConfig, task_type: str) -> tuple[str, bool]:
@@ -256,7 +345,9 @@ def fit(model: PoolerWithHead, cache: TokenCache, data: CachedSplits, cfg: Train
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
     rng = np.random.default_rng(cfg.seed)  # the same batch order in every trainer and on every rank
     lengths = cache.lengths[data["train"].idx1]
-    best, best_state, best_epoch, bad_epochs, history = None, None, 0, 0, []
+    best, best_loss, best_state, best_epoch, bad_epochs, history = None, None, None, 0, 0, []
+    steps_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+    total_steps, step = cfg.epochs * steps_per_epoch, 0
     t0 = time.perf_counter()
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {model.pooler.name}", unit="epoch", leave=False,
                disable=not show_progress or None)
@@ -265,9 +356,15 @@ def fit(model: PoolerWithHead, cache: TokenCache, data: CachedSplits, cfg: Train
         te = time.perf_counter()
         losses = []
         if optimizer is not None:
-            for rows in length_bucketed_batches(lengths, cfg.batch_size, rng):
+            groups = data["train"].groups if data.task_type == "retrieval" else None
+            batches = (group_separated_batches(groups, cfg.batch_size, rng) if groups is not None
+                       else length_bucketed_batches(lengths, cfg.batch_size, rng))
+            for rows in batches:
                 if data.task_type == "retrieval" and len(rows) < 2:
                     continue  # in-batch negatives need a second example
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(step, total_steps, cfg.schedule, cfg.warmup)
+                step += 1
                 loss = loss_fn(rows)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -280,8 +377,8 @@ def fit(model: PoolerWithHead, cache: TokenCache, data: CachedSplits, cfg: Train
         history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                         "seconds": epoch_seconds, **{f"dev_{k}": v for k, v in dev.items()}})
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", **{f"dev_{metric}": f"{dev[metric]:.4f}"})
-        if _is_better(dev[metric], best, higher) or best_state is None:
-            best, best_epoch, bad_epochs = dev[metric], epoch, 0
+        if _is_better(dev[metric], best, higher, dev.get("loss"), best_loss) or best_state is None:
+            best, best_loss, best_epoch, bad_epochs = dev[metric], dev.get("loss"), epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad_epochs += 1
@@ -301,7 +398,11 @@ def finish_run(model: PoolerWithHead, cache: TokenCache, data: CachedSplits, cfg
     dev = evaluate(model, cache, data["dev"], data.task_type, cfg.eval_batch_size, device, num_labels, cfg.precision)
     test = (evaluate(model, cache, data["test"], data.task_type, cfg.eval_batch_size, device, num_labels,
                      cfg.precision) if "test" in data.splits else None)
+    preds = None
+    if test is not None and data.task_type != "retrieval":
+        preds = predict_split(model, cache, data["test"], cfg.eval_batch_size, device, cfg.precision).tolist()
     result = TrainResult(best_epoch=best_epoch, dev=dev, test=test, history=history, train_seconds=train_seconds,
+                         test_predictions=preds,
                          seconds_per_epoch=float(np.mean([h["seconds"] for h in history])),
                          trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
                          metric=metric)

@@ -1,0 +1,74 @@
+"""Training protocols ("budgets") and the per-pooler hyperparameter selection on dev they share.
+
+=============  =================================================================================================
+``converged``  (default) up to 60 epochs, linear warm-up (5 % of steps) + cosine decay, early stopping on the dev
+               metric (patience 8; ties broken by dev loss); lr × weight decay picked **per pooler** on dev from
+               :data:`CONVERGED_GRID` with the first seed, every seed then trained at the chosen point
+``paper``      the published script's setting: 3 epochs at lr 1e-4, constant, no early stopping, no selection
+``fixed``      exactly the given TrainConfig (lr, epochs, ...), no selection
+=============  =================================================================================================
+
+The test split is never looked at before the choice is made: selection reads dev only, and each run evaluates test
+once with its best-dev-epoch weights.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+from glotpool.experiments.runs import PoolerSpec, RunRecord, run_one
+from glotpool.states.cache import TokenCache
+from glotpool.training.trainer import CachedSplits, TrainConfig, _is_better, resolve_metric
+
+BUDGET_NAMES = ("converged", "paper", "fixed")
+CONVERGED = TrainConfig(epochs=60, lr=1e-3, weight_decay=0.01, patience=8, schedule="cosine", warmup=0.05)
+CONVERGED_GRID = {"lr": (3e-4, 1e-3, 3e-3, 1e-2), "weight_decay": (0.0, 0.01)}
+PAPER = TrainConfig(epochs=3, lr=1e-4, batch_size=32, patience=0)
+
+
+def budget_config(budget: str, given: TrainConfig) -> tuple[TrainConfig, dict]:
+    """``(base config, grid)`` of a budget; ``given`` supplies what the budget does not fix (device, precision,
+    batch size for ``converged``, everything for ``fixed``)."""
+    keep = dict(device=given.device, precision=given.precision, class_weights=given.class_weights,
+                metric=given.metric, eval_batch_size=given.eval_batch_size, show_progress=given.show_progress)
+    if budget == "converged":
+        return replace(CONVERGED, batch_size=given.batch_size, grad_clip=given.grad_clip, **keep), dict(CONVERGED_GRID)
+    if budget == "paper":
+        return replace(PAPER, **keep), {}
+    if budget == "fixed":
+        return given, {}
+    raise ValueError(f"unknown budget {budget!r}; valid: {', '.join(BUDGET_NAMES)}")
+
+
+def _point_name(point: dict) -> str:
+    short = {"lr": "lr", "weight_decay": "wd"}
+    return "_".join(f"{short.get(k, k)}-{v:g}" for k, v in point.items()) or "fixed"
+
+
+def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: TrainConfig, grid: dict,
+                 seeds: tuple[int, ...], run_root: Path, head_options: dict | None = None,
+                 save_model: bool = True) -> tuple[dict, list[RunRecord], dict]:
+    """Pick ``grid``'s best point on dev with ``seeds[0]``, then train every seed there (each run resumable).
+
+    Returns ``(chosen point, one record per seed at that point, {point name: dev metric})``. ``save_model`` keeps
+    the first seed's weights (of every grid point: the winner is not known in advance).
+    """
+    metric, higher = resolve_metric(base, data.task_type)
+    keys = list(grid)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))] or [{}]
+
+    def run(point, seed):
+        return run_one(spec, cache, data, replace(base, **point), seed=seed, head_options=head_options,
+                       run_dir=run_root / _point_name(point) / f"seed-{seed}", save_model=save_model and seed == seeds[0])
+
+    first = {i: run(p, seeds[0]) for i, p in enumerate(points)}
+    best = 0
+    for i in range(1, len(points)):
+        if _is_better(first[i].dev.get(metric), first[best].dev.get(metric), higher, first[i].dev.get("loss"),
+                      first[best].dev.get("loss")):
+            best = i
+    chosen = points[best]
+    records = [first[best]] + [run(chosen, s) for s in seeds[1:]]
+    dev_table = {_point_name(p): first[i].dev.get(metric) for i, p in enumerate(points)}
+    return chosen, records, dev_table

@@ -1,0 +1,90 @@
+"""The comparison protocol: learning-rate schedules, dev-size rule, paired significance tests, the linear probe."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glotpool.data.splits import dev_fraction_for
+from glotpool.experiments.significance import mcnemar, paired_bootstrap, per_row
+from glotpool.training.trainer import TrainConfig, _is_better, lr_factor
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_lr_schedules_warm_up_then_decay_to_zero():
+    total = 100
+    cos = [lr_factor(s, total, "cosine", 0.1) for s in range(total)]
+    assert cos[0] == pytest.approx(0.1) and cos[9] == pytest.approx(1.0)  # linear warm-up over 10 steps
+    assert all(a >= b for a, b in zip(cos[9:], cos[10:]))  # then monotone decay
+    assert cos[10 + 45] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    lin = [lr_factor(s, total, "linear", 0.0) for s in range(total)]
+    assert lin[0] == 1.0 and lin[50] == pytest.approx(0.5) and lin[-1] == pytest.approx(0.01)
+    assert {lr_factor(s, total, "constant", 0.3) for s in range(total)} == {1.0}
+    with pytest.raises(ValueError, match="unknown schedule"):
+        TrainConfig(schedule="step")
+
+
+def test_dev_loss_breaks_ties_of_the_dev_metric():
+    assert _is_better(0.8, 0.8, True, loss=0.4, best_loss=0.5)
+    assert not _is_better(0.8, 0.8, True, loss=0.6, best_loss=0.5)
+    assert _is_better(0.81, 0.8, True, loss=9.0, best_loss=0.5)  # the metric decides first
+    assert not _is_better(float("nan"), 0.8, True)
+
+
+def test_dev_split_has_at_least_200_rows_and_warns_when_data_is_small(capsys):
+    assert dev_fraction_for(10_000) == 0.1
+    assert dev_fraction_for(1000) == pytest.approx(0.2)  # 200 rows, not 100
+    assert dev_fraction_for(300) == 0.5 and "too small to select on" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="pass --dev"):
+        dev_fraction_for(1)
+
+
+def test_mcnemar_matches_the_exact_binomial_by_hand():
+    gold = np.zeros(40, dtype=int)
+    a = gold.copy()
+    b = gold.copy()
+    a[:2] = 1  # a wrong on 2 rows that b gets right ...
+    b[2:12] = 1  # ... b wrong on 10 rows that a gets right
+    t = mcnemar(a, b, gold)
+    assert t.p_value == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 2 P(Bin(12, 1/2) <= 2)
+    assert t.delta == pytest.approx((38 - 30) / 40)
+
+
+def test_paired_bootstrap_interval_covers_the_true_difference_and_p_tracks_it():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 400)
+    same = per_row([gold.copy()], gold, "accuracy")
+    t0 = paired_bootstrap(same, same, gold)
+    assert t0.delta == 0.0 and t0.p_value == 1.0
+    better = [np.where(rng.random(400) < 0.9, gold, 1 - gold) for _ in range(3)]  # ~90 % right
+    worse = [np.where(rng.random(400) < 0.6, gold, 1 - gold) for _ in range(3)]  # ~60 % right
+    t = paired_bootstrap(per_row(better, gold, "accuracy"), per_row(worse, gold, "accuracy"), gold)
+    assert t.low < t.delta < t.high and 0.2 < t.delta < 0.4 and t.p_value < 0.001
+    assert per_row(better, gold, "accuracy").mean() == pytest.approx(np.mean([(p == gold).mean() for p in better]))
+    scores = rng.random(200)
+    tc = paired_bootstrap(scores + rng.normal(0, 0.1, 200), scores + rng.normal(0, 1.0, 200), scores, "spearman",
+                          n_resamples=500)
+    assert tc.delta > 0 and tc.p_value < 0.01
+
+
+@pytest.mark.slow
+def test_linear_head_reaches_the_dev_tuned_sklearn_probe_on_real_sentences(minilm, tmp_path):
+    """Parity: mean pooling + glotpool's linear head under the converged budget vs LogisticRegression (C tuned on
+    dev) on the same mean vectors, same splits (600 Pang & Lee sentences: train 340 / dev 200 / test 60)."""
+    from glotpool.data import TaskSource
+    from glotpool.experiments.compare import CompareSettings, run_compare
+
+    settings = CompareSettings(source=TaskSource(task=None, data_file=str(DATA / "pang-lee" / "sentences-600.csv")),
+                               poolers=("mean",), seeds=(0,), probe="sklearn", grid={"lr": (1e-3, 1e-2)},
+                               show_progress=False)
+    result = run_compare(settings, tmp_path / "cmp", backbone=minilm)
+    rows = {r["label"]: r for r in result["summary"]}
+    head, probe = rows["mean"]["mean"], rows["mean + sklearn LR"]["mean"]
+    assert probe > 0.6  # the probe itself learned something
+    assert head >= probe - 2 / 60, (head, probe)  # within two of the 60 test sentences
+    assert rows["mean"]["chosen"]["lr"] in (1e-3, 1e-2) and "C" in rows["mean + sklearn LR"]["chosen"]
+    sig = result["significance"]
+    assert sig["best"] in rows and set(sig["tests"]) == set(rows) - {sig["best"]}
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "Δ vs best" in table and "mean + sklearn LR" in table
