@@ -44,12 +44,12 @@ def test_lora_targets():
 
 
 def test_summarize_ratios_and_table():
-    cfg = BenchConfig(n_train=100, batch_size=10, epochs=5)
+    cfg = BenchConfig(n_train=100, batch_size=10, epochs=5, lora_ranks=(64,))
     rec = dict(total_parameters=1, train_seconds=1.0, final_loss=0.1, base_memory_mb=300.0)
     results = {"glot_cache": {"cache_seconds": 5.0, "peak_memory_mb": 600.0},
                "glot_train": {**rec, "trainable_parameters": 1000, "seconds_per_step": 0.01, "test_accuracy": 0.7,
                               "peak_memory_mb": 350.0},
-               "lora": {**rec, "trainable_parameters": 50_000, "seconds_per_step": 2.0, "test_accuracy": 0.8,
+               "lora_r64": {**rec, "trainable_parameters": 50_000, "seconds_per_step": 2.0, "test_accuracy": 0.8,
                         "peak_memory_mb": 900.0},
                "full": {**rec, "trainable_parameters": 10**7, "seconds_per_step": 4.0, "test_accuracy": 0.8,
                         "peak_memory_mb": 1500.0}}
@@ -58,9 +58,9 @@ def test_summarize_ratios_and_table():
     g = rep["rows"]["glot"]
     assert g["seconds_per_epoch"] == pytest.approx(0.1)
     assert g["seconds_per_epoch_amortised"] == pytest.approx(0.1 + 5.0 / 5)
-    assert rep["ratios"]["lora"]["speedup_per_epoch"] == pytest.approx(200.0)
-    assert rep["ratios"]["lora"]["fewer_trainable_parameters"] == pytest.approx(50.0)
-    assert rep["targets"] == {"speedup_vs_lora>=100x": True, "params_vs_lora>=20x_fewer": True}
+    assert rep["ratios"]["lora_r64"]["speedup_per_epoch"] == pytest.approx(200.0)
+    assert rep["ratios"]["lora_r64"]["fewer_trainable_parameters"] == pytest.approx(50.0)
+    assert rep["targets"] == {"speedup_vs_lora_r64>=100x": True, "params_vs_lora_r64>=20x_fewer": True}
     table = rep["table"]
     assert "| GLOT (cached states) | 1,000 |" in table and "200.0x faster per epoch" in table
 
@@ -75,17 +75,23 @@ def test_bench_tiny_end_to_end(tmp_path, glotpool_home):
     args = parser.parse_args(["bench-efficiency", "--tiny", "--data-dir", str(DATA), "--out", str(out)])
     assert args.func(args) == 0
     rep = json.loads((out / "results.json").read_text())
-    assert (out / "efficiency.png").stat().st_size > 1000 and "| LoRA |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert (out / "efficiency.png").stat().st_size > 1000 and "| LoRA r=8 |" in md and "| LoRA r=64 |" in md
     rows = rep["rows"]
-    assert set(rows) == {"glot", "lora", "full"}
-    # exact parameter counts: MiniLM has 22,713,216 weights; LoRA r=8 on query/key/value of 6 layers; head 384x2+2
+    assert set(rows) == {"glot", "lora_r8", "lora_r64", "full"}
+    # exact parameter counts: MiniLM has 22,713,216 weights; LoRA on PEFT's BERT default (query, value) of 6
+    # layers at r = 8 and r = 64; head 384x2+2
     head = 384 * 2 + 2
     assert rows["full"]["trainable_parameters"] == 22_713_216 + head
-    assert rows["lora"]["trainable_parameters"] == 6 * 3 * 8 * (384 + 384) + head
-    assert rows["glot"]["trainable_parameters"] < rows["lora"]["trainable_parameters"]
+    for r in (8, 64):
+        assert rows[f"lora_r{r}"]["trainable_parameters"] == 6 * 2 * r * (384 + 384) + head
+        assert rows["glot"]["trainable_parameters"] < rows[f"lora_r{r}"]["trainable_parameters"]
+        assert f"vs LoRA r={r}:" in md
+    assert rep["config"]["lora_alpha"] is None and rep["config"]["lora_targets"] is None  # PEFT's defaults
     for r in rows.values():
         assert 0.0 <= r["test_accuracy"] <= 1.0
         assert r["seconds_per_step"] > 0 and r["peak_memory_mb"] >= r["base_memory_mb"] > 0
-        assert len(rep["workers"]["glot_train" if r["method"] == "glot" else r["method"]]["losses"]) == 3
+    for key, r in rows.items():
+        assert len(rep["workers"]["glot_train" if key == "glot" else key]["losses"]) == 3
     assert rows["glot"]["cache_seconds"] > 0
     assert rows["glot"]["seconds_per_epoch_amortised"] > rows["glot"]["seconds_per_epoch"]

@@ -28,7 +28,13 @@ def register(subparsers) -> None:
                    help=f"epochs to amortise GLOT's caching over (default {d.epochs})")
     p.add_argument("--max-length", type=int, default=None, help=f"truncation in tokens (default {d.max_length})")
     p.add_argument("--pooler", default=None, help=f"GLOT pooler spec (default {d.pooler!r})")
-    p.add_argument("--lora-r", type=int, default=None, help=f"LoRA rank (default {d.lora_r})")
+    p.add_argument("--lora-r", type=csv_list(int), default=None,
+                   help=f"LoRA rank(s), comma-separated: one LoRA run each, GLOT reported against every one "
+                        f"(default {','.join(map(str, d.lora_ranks))})")
+    p.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha (default: PEFT's default, 8)")
+    p.add_argument("--lora-targets", type=csv_list(), default=None,
+                   help="LoRA target modules, comma-separated (default: PEFT's default for the model type, e.g. "
+                        "BERT query,value; else the attention projections)")
     p.add_argument("--methods", type=csv_list(), default=None, help=f"subset of {','.join(METHODS)}")
     p.add_argument("--threads", type=int, default=None, help=f"torch threads per worker (default {d.threads})")
     p.add_argument("--device", default=None, help="cpu | cuda (default cpu)")
@@ -42,11 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     fields = {"backbone": args.backbone, "task": args.task, "data_dir": args.data_dir, "n_train": args.n_train,
               "n_test": args.n_test, "steps": args.steps, "batch_size": args.batch_size, "epochs": args.epochs,
-              "max_length": args.max_length, "pooler": args.pooler, "lora_r": args.lora_r,
+              "max_length": args.max_length, "pooler": args.pooler, "lora_ranks": args.lora_r,
+              "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets,
               "methods": args.methods, "threads": args.threads, "device": args.device, "seed": args.seed}
     fields = {k: v for k, v in fields.items() if v is not None}
-    if args.lora_r is not None:
-        fields["lora_alpha"] = 2 * args.lora_r
     cfg = tiny_config(**fields) if args.tiny else BenchConfig(**fields)
     out = args.out or f"runs/bench-efficiency-{cfg.backbone}"
     report = run_benchmark(cfg, out, log=lambda m: print(m, file=sys.stderr, flush=True))

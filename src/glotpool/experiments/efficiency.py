@@ -7,8 +7,11 @@ Methods (each trains ``steps`` AdamW steps on the same seeded batch sequence, th
 
 - ``glot``: the backbone runs ONCE over the texts (``cache``: one-time cost, reported separately and amortised over
   ``epochs``); the pooler + linear head then train on the cached token states without the backbone.
-- ``lora``: peft LoRA (rank ``lora_r``) on the attention projections (BERT: query/key/value; Llama-style:
-  q/k/v/o_proj) + mean pooling + linear head; the backbone runs forward AND backward every step.
+- ``lora``: peft LoRA, once per rank in ``lora_ranks`` (default r = 8 and r = 64, so the parameter ratio is not an
+  artefact of one rank; rows ``lora_r8``, ``lora_r64``), on PEFT's default target modules for the model type (else
+  the attention projections: BERT query/key/value, Llama-style q/k/v/o_proj) with PEFT's default alpha unless
+  ``lora_targets`` / ``lora_alpha`` say otherwise + mean pooling + linear head; the backbone runs forward AND
+  backward every step.
 - ``full``: every backbone weight trains + mean pooling + linear head.
 
 Every phase runs in its own fresh Python process, so its peak memory is its own: CPU = peak RSS
@@ -47,8 +50,9 @@ class BenchConfig:
     epochs: int = 10  # epochs to amortise GLOT's one-time caching over
     max_length: int = 64  # truncation (tokens); the same for every method
     pooler: str = "glot:hidden_dim=128,readout_hidden=128"  # glotpool.experiments.runs.PoolerSpec text form
-    lora_r: int = 64
-    lora_alpha: int = 128
+    lora_ranks: tuple = (8, 64)  # LoRA runs once per rank: GLOT is reported against each
+    lora_alpha: int | None = None  # None: PEFT's default (LoraConfig.lora_alpha)
+    lora_targets: tuple | None = None  # None: PEFT's default for the model type, else the attention projections
     lr_glot: float = 1e-3
     lr_lora: float = 5e-4
     lr_full: float = 5e-5
@@ -61,15 +65,19 @@ class BenchConfig:
 
     def __post_init__(self):
         self.methods = tuple(self.methods)
+        self.lora_ranks = tuple(int(r) for r in self.lora_ranks)
+        if not self.lora_ranks or min(self.lora_ranks) < 1:
+            raise ValueError(f"lora_ranks must be ranks >= 1, got {self.lora_ranks}")
+        self.lora_targets = tuple(self.lora_targets) if self.lora_targets else None
         bad = sorted(set(self.methods) - set(METHODS))
         if bad or not self.methods:
             raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-        for name in ("n_train", "n_test", "steps", "batch_size", "epochs", "max_length", "lora_r", "threads"):
+        for name in ("n_train", "n_test", "steps", "batch_size", "epochs", "max_length", "threads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-TINY = dict(n_train=24, n_test=16, steps=3, batch_size=8, epochs=2, max_length=32, lora_r=8, lora_alpha=16,
+TINY = dict(n_train=24, n_test=16, steps=3, batch_size=8, epochs=2, max_length=32, lora_ranks=(8, 64),
             pooler="glot:hidden_dim=32,readout_hidden=32")
 
 
@@ -123,7 +131,7 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | os.PathLike | None = None, lo
         work = Path(tmp)
         atomic_write_json(work / "config.json", {"config": asdict(cfg), "data": data})
         phases = (["glot_cache", "glot_train"] if "glot" in cfg.methods else []) + \
-            [m for m in cfg.methods if m != "glot"]
+            [key for m in cfg.methods if m != "glot" for key in _row_keys(cfg, m)]
         for phase in phases:
             log(f"[bench-efficiency] {phase} ...")
             results[phase] = _run_worker(phase, cfg, work)
@@ -131,6 +139,11 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | os.PathLike | None = None, lo
     if out_dir is not None:
         save_report(report, out_dir)
     return report
+
+
+def _row_keys(cfg: BenchConfig, method: str) -> list[str]:
+    """A method's result rows (and worker phases): ``lora`` has one per rank (``lora_r8``, ...)."""
+    return [f"lora_r{r}" for r in cfg.lora_ranks] if method == "lora" else [method]
 
 
 def _epoch_steps(cfg: BenchConfig, n_train: int) -> int:
@@ -143,9 +156,10 @@ def summarize(cfg: BenchConfig, results: dict, n_train: int, n_test: int) -> dic
 
     spe = _epoch_steps(cfg, n_train)
     rows = {}
-    for m in cfg.methods:
-        r = results["glot_train" if m == "glot" else m]
-        row = {"method": m, "label": METHOD_LABELS[m], "trainable_parameters": r["trainable_parameters"],
+    for m, key in ((m, key) for m in cfg.methods for key in _row_keys(cfg, m)):
+        r = results["glot_train" if m == "glot" else key]
+        label = METHOD_LABELS[m] + (f" r={key[len('lora_r'):]}" if m == "lora" else "")
+        row = {"method": m, "label": label, "trainable_parameters": r["trainable_parameters"],
                "total_parameters": r["total_parameters"], "seconds_per_step": r["seconds_per_step"],
                "seconds_per_epoch": r["seconds_per_step"] * spe, "test_accuracy": r["test_accuracy"],
                "peak_memory_mb": r["peak_memory_mb"], "base_memory_mb": r["base_memory_mb"],
@@ -155,12 +169,12 @@ def summarize(cfg: BenchConfig, results: dict, n_train: int, n_test: int) -> dic
             row["cache_seconds"] = c["cache_seconds"]
             row["cache_peak_memory_mb"] = c["peak_memory_mb"]
             row["seconds_per_epoch_amortised"] = row["seconds_per_epoch"] + c["cache_seconds"] / cfg.epochs
-        rows[m] = row
+        rows[key] = row
     ratios = {}
     if "glot" in rows:
         g = rows["glot"]
-        for m in ("lora", "full"):
-            if m in rows:
+        for m in rows:
+            if m != "glot":
                 ratios[m] = {
                     "speedup_per_epoch": rows[m]["seconds_per_epoch"] / max(g["seconds_per_epoch"], 1e-12),
                     "speedup_per_epoch_amortised": rows[m]["seconds_per_epoch"] /
@@ -168,9 +182,10 @@ def summarize(cfg: BenchConfig, results: dict, n_train: int, n_test: int) -> dic
                     "fewer_trainable_parameters": rows[m]["trainable_parameters"] /
                     max(g["trainable_parameters"], 1)}
     targets = {}
-    if "lora" in ratios:
-        targets = {"speedup_vs_lora>=100x": ratios["lora"]["speedup_per_epoch"] >= 100,
-                   "params_vs_lora>=20x_fewer": ratios["lora"]["fewer_trainable_parameters"] >= 20}
+    for m, q in ratios.items():
+        if m.startswith("lora"):
+            targets[f"speedup_vs_{m}>=100x"] = q["speedup_per_epoch"] >= 100
+            targets[f"params_vs_{m}>=20x_fewer"] = q["fewer_trainable_parameters"] >= 20
     report = {"config": asdict(cfg), "n_train": n_train, "n_test": n_test, "steps_per_epoch": spe, "rows": rows,
               "ratios": ratios, "targets": targets, "workers": results, "environment": environment()}
     report["table"] = format_table(report)
@@ -187,7 +202,9 @@ def format_table(report: dict) -> str:
     lines = [f"Backbone `{cfg['backbone']}`, task `{cfg['task']}`: {report['n_train']} train / {report['n_test']} "
              f"test sentences, {cfg['steps']} steps of batch {cfg['batch_size']} for every method "
              f"({report['steps_per_epoch']} steps = 1 epoch), max_length {cfg['max_length']}, device "
-             f"{cfg['device']}, {cfg['threads']} thread(s). GLOT pooler `{cfg['pooler']}`; LoRA r={cfg['lora_r']}.",
+             f"{cfg['device']}, {cfg['threads']} thread(s). GLOT pooler `{cfg['pooler']}`; LoRA r="
+             f"{', '.join(map(str, cfg['lora_ranks']))}, alpha {cfg['lora_alpha'] or 'PEFT default'}, targets "
+             f"{', '.join(cfg['lora_targets']) if cfg['lora_targets'] else 'PEFT default'}.",
              "", f"| method | trainable params | {mem} | s / step | s / epoch | s / epoch incl. caching "
              f"(amortised over {E} epochs) | test accuracy |", "|---|---:|---:|---:|---:|---:|---:|"]
     for m, r in rows.items():
@@ -201,7 +218,7 @@ def format_table(report: dict) -> str:
         lines += ["", f"GLOT one-time caching: {g['cache_seconds']:.2f} s for {report['n_train']} train texts "
                       f"(peak RSS {_mb(g['cache_peak_memory_mb'])} MB); training then never runs the backbone."]
     for m, q in report["ratios"].items():
-        lines.append(f"- vs {METHOD_LABELS[m]}: {q['speedup_per_epoch']:.1f}x faster per epoch "
+        lines.append(f"- vs {rows[m]['label']}: {q['speedup_per_epoch']:.1f}x faster per epoch "
                      f"({q['speedup_per_epoch_amortised']:.1f}x incl. amortised caching), "
                      f"{q['fewer_trainable_parameters']:.1f}x fewer trainable parameters")
     return "\n".join(lines) + "\n"
@@ -310,7 +327,10 @@ def _worker_main(argv: list[str]) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     work = Path(cfg_file).parent
-    fn = {"glot_cache": _glot_cache, "glot_train": _glot_train, "lora": _finetune, "full": _finetune}[phase]
+    fn = {"glot_cache": _glot_cache, "glot_train": _glot_train, "full": _finetune}.get(phase)
+    fn = fn or (_finetune if phase.startswith("lora_r") else None)
+    if fn is None:
+        raise ValueError(f"unknown benchmark phase {phase!r}")
     rec = fn(cfg, data, work, device, base_mb, phase)
     atomic_write_json(out_file, rec)
     return 0
@@ -388,6 +408,18 @@ def lora_targets(model) -> list[str]:
                      f"{LORA_TARGETS}); supported: BERT-style and Llama-style backbones")
 
 
+def lora_target_modules(model, targets=None) -> list[str] | None:
+    """``targets`` if given; else None (PEFT's default for the model type) when PEFT has one; else the attention
+    projections (:func:`lora_targets`)."""
+    if targets:
+        return list(targets)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    if getattr(getattr(model, "config", None), "model_type", None) in PEFT_DEFAULTS:
+        return None
+    return lora_targets(model)
+
+
 def _finetune(cfg, data, work, device, base_mb, phase) -> dict:
     """LoRA or full fine-tuning: backbone (+ adapters) + mean pooling + linear head, trained end to end."""
     import torch
@@ -397,12 +429,13 @@ def _finetune(cfg, data, work, device, base_mb, phase) -> dict:
     bb = _load_backbone(cfg, device)
     seed_everything(cfg.seed)
     model = bb.model
-    if phase == "lora":
+    if phase.startswith("lora_r"):
         from peft import LoraConfig, get_peft_model
 
         model.requires_grad_(False)
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                 target_modules=lora_targets(model), bias="none"))
+        kw = {"lora_alpha": cfg.lora_alpha} if cfg.lora_alpha is not None else {}  # else PEFT's default
+        model = get_peft_model(model, LoraConfig(r=int(phase[len("lora_r"):]), lora_dropout=0.0, bias="none",
+                                                 target_modules=lora_target_modules(model, cfg.lora_targets), **kw))
         lr = cfg.lr_lora
     else:
         model.requires_grad_(True)
@@ -441,4 +474,4 @@ def _finetune(cfg, data, work, device, base_mb, phase) -> dict:
 
 
 __all__ = ["BenchConfig", "METHODS", "run_benchmark", "tiny_config", "load_bench_data", "summarize",
-           "format_table", "plot_report", "lora_targets"]
+           "format_table", "plot_report", "lora_targets", "lora_target_modules"]
