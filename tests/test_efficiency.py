@@ -95,3 +95,28 @@ def test_bench_tiny_end_to_end(tmp_path, glotpool_home):
         assert len(rep["workers"]["glot_train" if key == "glot" else key]["losses"]) == 3
     assert rows["glot"]["cache_seconds"] > 0
     assert rows["glot"]["seconds_per_epoch_amortised"] > rows["glot"]["seconds_per_epoch"]
+
+
+def test_lora_flags_and_peft_defaults():
+    from glotpool.cli import bench_efficiency
+    from glotpool.experiments.efficiency import lora_target_modules
+
+    parser = argparse.ArgumentParser()
+    bench_efficiency.register(parser.add_subparsers(dest="command"))
+    a = parser.parse_args(["bench-efficiency", "--lora-r", "4,16", "--lora-alpha", "32", "--lora-targets",
+                           "query,key"])
+    assert (a.lora_r, a.lora_alpha, a.lora_targets) == ((4, 16), 32, ("query", "key"))
+    d = parser.parse_args(["bench-efficiency"])
+    assert d.lora_r is None and d.lora_alpha is None and d.lora_targets is None
+    assert BenchConfig().lora_ranks == (8, 64) and BenchConfig().lora_alpha is None
+    with pytest.raises(ValueError):
+        BenchConfig(lora_ranks=())
+
+    class Cfg:
+        model_type = "bert"
+
+    class Bert(torch.nn.Module):
+        config = Cfg()
+
+    assert lora_target_modules(Bert()) is None  # PEFT's own default for BERT
+    assert lora_target_modules(Bert(), ("query",)) == ["query"]
