@@ -21,6 +21,7 @@ from glotpool.data import LoadedTask
 from glotpool.experiments.runs import PoolerSpec
 from glotpool.states.backbone import Backbone
 from glotpool.states.cache import TokenCache, build_cache, unique_texts
+from glotpool.training.heads import head_class
 from glotpool.training.trainer import CachedSplits, prepare_splits
 
 
@@ -35,8 +36,10 @@ class Experiment:
 
 
 def task_texts(task: LoadedTask) -> list[str]:
-    """Every text of every split (first and second columns), unique, first-seen order: the cache's text list."""
-    return unique_texts(*(col for ds in task.splits.values() for col in (ds.texts, ds.texts2)))
+    """Every text of every split (first, second and hard-negative columns), unique, first-seen order: the cache's
+    text list."""
+    return unique_texts(*(col for ds in task.splits.values()
+                          for col in (ds.texts, ds.texts2, getattr(ds, "texts3", None))))
 
 
 def prepare_experiment(backbone: Backbone, task: LoadedTask, cache_dir: str | os.PathLike, *,
@@ -69,7 +72,7 @@ def data_warnings(task: LoadedTask, backbone: Backbone | None = None, out=None) 
             if n:
                 msgs.append(f"{n} of {len(ds)} {name} examples also occur in train (leakage: their {name} score "
                             f"is not held-out); deduplicate the files")
-        if train.labels is not None and task.task_type in ("single", "pair"):
+        if train.labels is not None and head_class(task.task_type).is_classification:
             labels: dict = {}
             for i in range(len(train)):
                 labels.setdefault(key(train, i), set()).add(str(train.labels[i]))
