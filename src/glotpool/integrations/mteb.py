@@ -129,9 +129,39 @@ def mteb_model_meta(name_or_path: str | os.PathLike, *, name: str | None = None,
     return mm
 
 
-def as_mteb_model(model, **kwargs) -> MTEBEncoder:
-    """An :class:`MTEBEncoder` from an ``Encoder``, an encoder folder, or an ``MTEBEncoder`` (returned as is)."""
-    if isinstance(model, MTEBEncoder):
+class PrecomputedEncoder(AbsEncoder):
+    """MTEB encoder around any ``embed(texts) -> [N, dim]`` function (e.g. a pooler over cached token states, see
+    :func:`glotpool.experiments.zeroshot.cache_embedder`): MTEB's protocol without running the backbone again."""
+
+    def __init__(self, embed, dim: int, *, name: str = "glotpool/precomputed", revision: str = "local"):
+        if "/" not in name:
+            raise ValueError(f"MTEB model names look like 'org/model', got {name!r}")
+        self.embed = embed
+        self.mteb_model_meta = ModelMeta.create_empty(overwrites={
+            "name": name, "revision": revision, "embed_dim": dim, "similarity_fn_name": ScoringFunction.COSINE,
+            "framework": ["PyTorch"], "modalities": ["text"], "open_weights": True})
+
+    def encode(self, inputs, *, task_metadata: TaskMetadata, hf_split: str, hf_subset: str,
+               prompt_type=None, **kwargs: Any) -> np.ndarray:
+        texts = [t if isinstance(t, str) and t.strip() else _EMPTY_TEXT for batch in inputs for t in batch["text"]]
+        return np.asarray(self.embed(texts), dtype=np.float32)
+
+
+def local_mteb_scores(embed, dim: int, probe_train: TextDataset, probe_test: TextDataset, pairs: TextDataset,
+                      min_score: float, max_score: float, *, name: str = "glotpool/precomputed") -> dict[str, float]:
+    """The real ``mteb.evaluate`` on local data: :func:`classification_task` (probe split; main score accuracy)
+    and :func:`sts_task` (pairs; cosine Spearman) -> ``{"mteb_classification_acc", "mteb_sts_spearman"}``."""
+    tasks = [classification_task(probe_train, probe_test, name="LocalClassification"),
+             sts_task(pairs, min_score, max_score, name="LocalSTS")]
+    res = evaluate_mteb(PrecomputedEncoder(embed, dim, name=name), tasks=tasks, show_progress=False)
+    return {"mteb_classification_acc": res["LocalClassification"]["main_score"],
+            "mteb_sts_spearman": res["LocalSTS"]["main_score"]}
+
+
+def as_mteb_model(model, **kwargs) -> AbsEncoder:
+    """An :class:`MTEBEncoder` from an ``Encoder``, an encoder folder, or an MTEB encoder such as ``MTEBEncoder``
+    or :class:`PrecomputedEncoder` (returned as is)."""
+    if isinstance(model, AbsEncoder):
         return model
     if isinstance(model, (str, os.PathLike)):
         model = Encoder.from_pretrained(model)
@@ -241,4 +271,5 @@ def sts_task(pairs: TextDataset, min_score: float, max_score: float, *, name: st
     return task
 
 
-__all__ = ["MTEBEncoder", "as_mteb_model", "evaluate_mteb", "classification_task", "sts_task"]
+__all__ = ["MTEBEncoder", "PrecomputedEncoder", "as_mteb_model", "evaluate_mteb", "local_mteb_scores",
+           "classification_task", "sts_task"]

@@ -1,10 +1,13 @@
-"""Parameter-free baselines: mean, max, first real token (``cls``), last real token, SGPT's weighted mean."""
+"""Baselines: mean, max, first real token (``cls``), last real token, SGPT's weighted mean (parameter-free), and
+mean + a trainable linear map."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from glotpool.pooling.base import Pooler, _first_real_index, _last_real_index, register_pooler
+from glotpool.pooling.base import Pooler, PoolerConfig, _first_real_index, _last_real_index, register_pooler
 
 
 @register_pooler("mean")
@@ -70,3 +73,40 @@ class WeightedMeanPooling(Pooler):
         pos = mask.to(h.dtype).cumsum(1) * mask  # [B, L]: 1..n on real tokens, 0 on padding
         w = pos / pos.sum(1, keepdim=True)
         return torch.bmm(w.unsqueeze(1), h).squeeze(1), w
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# mean + a trainable linear map: the cheapest trained baseline
+
+
+@dataclass
+class MeanLinearConfig(PoolerConfig):
+    out_features: int | None = None  # default in_dim
+
+
+@register_pooler("mean_linear")
+class MeanLinearPooling(Pooler):
+    """Mean pooling followed by a trainable linear projection ``z = W mean(h) + b``, initialised to the identity
+    (square) so training starts from plain mean pooling: what a learned head adds over a learned linear map."""
+
+    Config = MeanLinearConfig
+
+    def __init__(self, in_dim: int, **options):
+        super().__init__(in_dim, **options)
+        out = self.config.out_features or in_dim
+        if out < 1:
+            raise ValueError(f"out_features must be >= 1, got {out}")
+        self.proj = torch.nn.Linear(in_dim, out)
+        if out == in_dim:
+            with torch.no_grad():
+                self.proj.weight.copy_(torch.eye(in_dim))
+                self.proj.bias.zero_()
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.out_features or self.in_dim
+
+    def _pool(self, h, mask):
+        w = mask.to(h.dtype)
+        w = w / w.sum(1, keepdim=True)
+        return self.proj(torch.bmm(w.unsqueeze(1), h).squeeze(1)), w

@@ -7,13 +7,15 @@ task type      head                                        loss
 ``pair``       linear on ``[z1 ‖ z2]`` or                  cross-entropy
                ``[z1, z2, |z1 − z2|, z1 ∗ z2]``
 ``sts``        ``cos(z1, z2)`` (no parameters)             MSE vs gold rescaled to [0, 1], or CoSENT
-``retrieval``  ``cos(q, d) / T`` over in-batch documents   symmetric InfoNCE (in-batch negatives)
+``retrieval``  ``cos(q, d) / T`` over in-batch documents   symmetric InfoNCE (in-batch negatives
+               (+ every row's hard negative, if given)     + hard negatives; ``T`` set or learnable)
 =============  ==========================================  ===========================================
 
 Each head: ``forward(z1, z2=None) -> out``, ``loss(out, target)``, ``predictions(out)`` (what the metrics take).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,25 +187,47 @@ class STSHead(TaskHead):
 
 @dataclass
 class RetrievalConfig(HeadConfig):
-    temperature: float = 0.05
+    temperature: float = 0.05  # the fixed T, or the initial T when learned
+    learn_temperature: bool = False  # learn log(1/T) (CLIP-style; 1/T capped at 100)
 
 
 @_register
 class ContrastiveHead(TaskHead):
-    """Symmetric InfoNCE with in-batch negatives: ``S = cos(q_i, d_j) / T``, CE on rows and on columns."""
+    """Symmetric InfoNCE with in-batch negatives: ``S = cos(q_i, d_j) / T``, CE on rows and on columns.
+
+    With hard negatives ``z3`` (one per row, e.g. the contradiction of an NLI premise) each query also scores every
+    row's negative: ``S = [cos(q, d) | cos(q, n)] / T`` is ``[B, 2B]``; the query->document CE runs over all 2B
+    candidates, the document->query CE over the B queries (a negative is no query)."""
 
     task_type = "retrieval"
     is_pair = True
     default_metric = "mrr@10"
     Config = RetrievalConfig
 
-    def forward(self, z1: Tensor, z2: Tensor | None = None) -> Tensor:
+    def __init__(self, dim: int, **options):
+        super().__init__(dim, **options)
+        if not self.config.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.config.temperature}")
+        if self.config.learn_temperature:
+            self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / self.config.temperature)))
+
+    @property
+    def scale(self) -> Tensor | float:
+        """``1 / T`` (a tensor when learned)."""
+        if self.config.learn_temperature:
+            return self.log_scale.clamp(max=math.log(100.0)).exp()
+        return 1.0 / self.config.temperature
+
+    def forward(self, z1: Tensor, z2: Tensor | None = None, z3: Tensor | None = None) -> Tensor:
         q, d = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
-        return q @ d.T / self.config.temperature  # [B, B]
+        if z3 is not None:
+            d = torch.cat([d, F.normalize(z3, dim=-1)])
+        return q @ d.T * self.scale  # [B, B] or [B, 2B]
 
     def loss(self, out: Tensor, target: Tensor | None = None) -> Tensor:
-        labels = torch.arange(out.shape[0], device=out.device)
-        return (F.cross_entropy(out, labels) + F.cross_entropy(out.T, labels)) / 2
+        b = out.shape[0]
+        labels = torch.arange(b, device=out.device)
+        return (F.cross_entropy(out, labels) + F.cross_entropy(out[:, :b].T, labels)) / 2
 
 
 TASK_TYPES = tuple(HEADS)  # ("single", "pair", "sts", "retrieval")
