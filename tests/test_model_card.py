@@ -52,8 +52,12 @@ def test_train_writes_a_card_with_the_runs_real_numbers(trained):
         for metric, value in rec[split].items():
             assert results[(key, metric)] == pytest.approx(value, abs=1e-6)
             assert f"| {split} | {metric} | {value:.4f} |" in readme
-    assert "seed | 3" in readme and "glot:hidden_dim=16" in readme and "train 120" in readme
     enc_meta = json.loads((trained / "model" / "encoder.json").read_text())
+    splits = enc_meta["training"]["splits"]
+    assert set(splits) == {"train", "dev", "test"} and splits["train"] <= 120  # --max-train 120
+    (line,) = [ln for ln in readme.splitlines() if ln.startswith("| splits | ")]
+    assert all(f"{k} {v:,}" in line for k, v in splits.items())
+    assert "| seed | 3 |" in readme and "`glot:hidden_dim=16`" in readme
     assert enc_meta["training"]["dev"] == rec["dev"] and enc_meta["training"]["task"] == "sentences"
 
 
