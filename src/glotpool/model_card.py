@@ -72,7 +72,7 @@ def _what(meta: dict) -> str:
     base = base_model_of(bb) or bb.get("name_or_path")
     head = meta.get("task_type")
     labels = meta.get("label_names")
-    text = (f"A [glotpool](https://github.com/glotpool/glotpool) model: the frozen language model `{base}` "
+    text = (f"A glotpool model: the frozen language model `{base}` "
             f"(layer {bb.get('layer')}, up to {bb.get('max_length')} tokens, {bb.get('dtype')}) and a trained "
             f"`{meta.get('pooler')}` pooler on its token states, giving {meta.get('dim')}-dimensional sentence "
             f"vectors. Only the pooler{' and the task head' if head else ''} were trained; the backbone is frozen.")
