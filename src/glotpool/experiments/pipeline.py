@@ -11,7 +11,7 @@ sentence-polarity comparison. Everything is cached and resumable, so a rerun aft
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from glotpool.io_utils import atomic_write_text
@@ -30,7 +30,9 @@ class MainJobSettings:
     compare_seeds: tuple[int, ...] = (0, 1, 2)
     compare_max_train: int | None = None
     compare_budget: str = "converged"
-    compare_grid: dict | None = None  # the converged budget's dev grid; None = CONVERGED_GRID
+    # the converged budget with a 2-point lr grid (weight decay 0.01): the main job's 15-minute size; `glotpool
+    # compare` searches the full CONVERGED_GRID
+    compare_grid: dict | None = field(default_factory=lambda: {"lr": (1e-3, 1e-2), "weight_decay": (0.01,)})
     compare_epochs: int | None = None  # with compare_budget="fixed"
     data_dir: str | None = None
     show_progress: bool = True
