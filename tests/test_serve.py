@@ -261,6 +261,16 @@ def test_base64_round_trips(main):
         np.testing.assert_allclose(dec, np.asarray(rf["embedding"], dtype=np.float32), rtol=0, atol=1e-6)
 
 
+def test_tei_embed_route(main, ref):
+    texts = ["a fine film .", LONG]
+    r = httpx.post(main.url + "/embed", json={"model": "mean", "inputs": texts, "truncate": True}, timeout=60)
+    assert r.status_code == 200, r.text
+    want = ref["mean"].encode(texts, normalize=True, show_progress=False)
+    assert _cos_rows(r.json(), want).min() >= COS
+    _assert_error(httpx.post(main.url + "/embed", json={"model": "mean", "inputs": texts}, timeout=60), 413,
+                  "input_too_long", "inputs[1]")
+
+
 def test_dimensions_truncates_then_normalizes(main, ref):
     r = httpx.post(main.url + "/v1/embeddings", json={"model": "mean", "input": ["a fine film ."], "dimensions": 16},
                    timeout=60).json()

@@ -30,6 +30,9 @@ def register(subparsers) -> None:
                    help="requests sharing one batch (1 turns batching off)")
     p.add_argument("--max-wait-ms", type=float, default=2.0,
                    help="how long an idle worker waits for more requests before running a batch")
+    p.add_argument("--batch-overhead-tokens", type=int, default=None,
+                   help="a batch's fixed cost in padded tokens: the batcher picks the length-sorted batch with the "
+                        "lowest cost per real token (default: 256 on a CPU, 8192 on a GPU: fill the budget)")
     p.add_argument("--max-queue", type=int, default=512,
                    help="unfinished requests per model; more get 429 with Retry-After")
     p.add_argument("--max-inputs", type=int, default=512, help="texts per request; more get 413")
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         models=list(args.model), normalize=args.normalize,
         api_key=args.api_key or os.environ.get("GLOTPOOL_API_KEY") or None,
         max_batch_tokens=args.max_batch_tokens, max_batch_requests=args.max_batch_requests,
-        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
+        max_wait_ms=args.max_wait_ms, batch_overhead_tokens=args.batch_overhead_tokens, max_queue=args.max_queue,
+        max_inputs=args.max_inputs,
         auto_truncate=args.auto_truncate, device=args.device, dtype=args.dtype,
         check_backbone=not args.no_backbone_check, drain_timeout_s=args.graceful_timeout)
     if min(settings.max_batch_tokens, settings.max_batch_requests, settings.max_queue, settings.max_inputs) < 1:

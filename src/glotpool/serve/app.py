@@ -56,6 +56,7 @@ class ServeSettings:
     max_batch_tokens: int = 4096       # padded tokens per backbone batch (rows x longest)
     max_batch_requests: int = 128      # distinct requests per batch (1 = no batching)
     max_wait_ms: float = 2.0           # how long an idle worker waits for more requests to batch
+    batch_overhead_tokens: int | None = None  # a batch's fixed cost in padded tokens (None: 256 CPU, 8192 GPU)
     max_queue: int = 512               # unfinished requests per model before 429
     max_inputs: int = 512              # texts per request before 413
     auto_truncate: bool = False        # truncate over-long texts instead of 413
@@ -82,11 +83,18 @@ def _error_body(message: str, type: str, param=None, code=None) -> bytes:
     return json.dumps({"error": {"message": message, "type": type, "param": param, "code": code}}).encode()
 
 
-def _json(obj, status: int = 200, headers: dict | None = None):
+def _json(obj, status: int = 200, headers: dict | None = None, body: str | None = None):
     from fastapi.responses import Response
 
-    return Response(json.dumps(obj, separators=(",", ":")), status_code=status, headers=headers,
-                    media_type="application/json")
+    body = json.dumps(obj, separators=(",", ":")) if body is None else body
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+async def _json_off_loop(obj, rows: int):
+    """A large response (many float vectors) is serialized in a thread, so the event loop keeps accepting."""
+    if rows <= _INLINE_TOKENIZE:
+        return _json(obj)
+    return _json(None, body=await asyncio.to_thread(json.dumps, obj, separators=(",", ":")))
 
 
 def error_response(e: APIError):
@@ -209,8 +217,12 @@ class ServerState:
             s = self.settings
             for name, enc in self.registry.models.items():
                 embed = (lambda feats, enc=enc: enc.embed_features(feats, s.dtype))
+                overhead = s.batch_overhead_tokens
+                if overhead is None:
+                    overhead = 256 if enc.backbone.device.type == "cpu" else 8192
                 self.batchers[name] = Batcher(name, embed, s.max_batch_tokens, s.max_batch_requests, s.max_wait_ms,
-                                              s.max_queue, self.metrics.on_batch, self.metrics.on_queue).start()
+                                              s.max_queue, overhead, self.metrics.on_batch,
+                                              self.metrics.on_queue).start()
                 self.metrics.on_queue(name, 0, 0)
             if self.status == "loading":
                 self.status = "ok"
@@ -415,8 +427,8 @@ def create_app(settings: ServeSettings, registry: ModelRegistry | None = None):
         fmt, norm = body.encoding_format, settings.normalize
         rows = await state.run(name, batcher, features, lengths,
                                lambda z: _finish_embeddings(z, dims, norm, fmt))
-        return _json({"object": "list", "model": name, "usage": _usage(lengths),
-                      "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(rows)]})
+        return await _json_off_loop({"object": "list", "model": name, "usage": _usage(lengths), "data": [
+            {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(rows)]}, len(rows))
 
     @app.post("/embed")
     async def embed(body: EmbedRequest):
@@ -426,7 +438,7 @@ def create_app(settings: ServeSettings, registry: ModelRegistry | None = None):
         features, lengths = await state.tokenize(enc, texts, "inputs", truncate=body.truncate)
         norm = settings.normalize if body.normalize is None else body.normalize
         rows = await state.run(name, batcher, features, lengths, lambda z: _finish_embeddings(z, None, norm, "float"))
-        return _json(rows)
+        return await _json_off_loop(rows, len(rows))
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest):

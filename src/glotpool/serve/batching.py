@@ -6,10 +6,14 @@ at once and the loop never runs torch. The worker thread:
 
 1. waits for work; once some is pending it waits at most ``max_wait_ms`` (counted from the oldest pending request)
    for more, unless a full batch is already pending;
-2. takes the rows (texts) of the oldest ``max_batch_requests`` pending requests, sorts them by token length
-   (longest first) and cuts the longest-first prefix that fits the token budget: ``rows x longest <=
-   max_batch_tokens`` (padded tokens: the batch is padded to its longest text). A request may be split over several
-   batches and a batch mixes rows of several requests; every row goes back to its own request's slot;
+2. builds a batch around the longest unscheduled text of the *oldest* pending request (so requests are served in
+   arrival order and none starves): the other texts of the oldest ``max_batch_requests`` pending requests that are
+   not longer, sorted by token length (longest first), and of the prefixes that fit the token budget, ``rows x
+   longest <= max_batch_tokens`` (padded tokens: a batch is padded to its longest text), the one with the lowest
+   cost per real token, ``(batch_overhead_tokens + rows x longest) / real tokens``. A large per-batch overhead (a
+   GPU) fills the budget; a small one (a CPU, where a forward costs about its padded tokens) keeps a batch to texts
+   of about the same length, so little compute goes to padding. A request may be split over several batches and a
+   batch mixes rows of several requests; every row goes back to its own request's slot;
 3. runs ``embed_fn(features) -> Z [rows, dim]`` (``Encoder.embed_features``: the same code as ``Encoder.encode``),
    scatters the rows back, and once all of a request's rows are done runs its ``finish(Z)`` (normalize, a head,
    cosines, base64: still off the loop) and resolves its future through ``loop.call_soon_threadsafe``.
@@ -86,6 +90,7 @@ class Batcher:
 
     def __init__(self, name: str, embed_fn: Callable[[list[dict]], torch.Tensor], max_batch_tokens: int = 4096,
                  max_batch_requests: int = 128, max_wait_ms: float = 2.0, max_queue: int = 512,
+                 batch_overhead_tokens: int = 256,
                  on_batch: Callable[[BatchStats], None] | None = None,
                  on_queue: Callable[[str, int, int], None] | None = None):
         if max_batch_tokens < 1 or max_batch_requests < 1 or max_queue < 1 or max_wait_ms < 0:
@@ -93,6 +98,7 @@ class Batcher:
         self.name, self.embed_fn = name, embed_fn
         self.max_batch_tokens, self.max_batch_requests = int(max_batch_tokens), int(max_batch_requests)
         self.max_wait, self.max_queue = max_wait_ms / 1000.0, int(max_queue)
+        self.batch_overhead_tokens = max(0, int(batch_overhead_tokens))
         self.on_batch, self.on_queue = on_batch, on_queue
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()   # jobs with rows not yet scheduled, in arrival order
@@ -172,10 +178,22 @@ class Batcher:
         return False
 
     def _take_batch(self) -> list[tuple[Job, int]]:  # under the lock
+        head = self._pending[0]  # the oldest request is always served: no request waits behind newer ones
+        anchor = max(head.todo, key=lambda r: (head.lengths[r], -r))
+        longest = max(1, head.lengths[anchor])
         window = list(self._pending)[:self.max_batch_requests]
-        rows = sorted(((j.lengths[r], j.seq, r, j) for j in window for r in j.todo),
+        rows = sorted(((j.lengths[r], j.seq, r, j) for j in window for r in j.todo
+                       if j.lengths[r] <= longest and not (j is head and r == anchor)),
                       key=lambda t: (-t[0], t[1], t[2]))
-        n = max(1, min(len(rows), self.max_batch_tokens // max(1, rows[0][0])))
+        rows.insert(0, (head.lengths[anchor], head.seq, anchor, head))
+        n_max = max(1, min(len(rows), self.max_batch_tokens // longest))
+        # of the prefixes, the one with the lowest cost per real token: (overhead + rows x longest) / real tokens
+        n, best, real = 1, float("inf"), 0
+        for k in range(1, n_max + 1):
+            real += rows[k - 1][0]
+            cost = (self.batch_overhead_tokens + k * longest) / max(1, real)
+            if cost <= best:
+                n, best = k, cost
         batch = [(j, r) for _, _, r, j in rows[:n]]
         taken: dict[Job, set] = {}
         for j, r in batch:
