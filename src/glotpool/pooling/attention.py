@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from glotpool.pooling.base import Pooler, PoolerConfig, register_pooler
+from glotpool.pooling.base import Pooler, PoolerConfig, at_least_fp32, per_token, register_pooler
 from glotpool.pooling.gnn import TokenLayerStack, jumping_knowledge
 from glotpool.pooling.readout import AttentionReadout, masked_softmax
 
@@ -107,17 +107,21 @@ class LatentAttentionPooling(Pooler):
             if m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
 
-    def _pool(self, h, mask):
-        B, L, D = h.shape
-        nh = self.config.num_heads
+    def _tokens(self, x: Tensor) -> Tensor:
+        """``H''`` of tokens ``x [..., D]`` (packed ``[N, D]`` or padded ``[B, L, D]``): every token queries the
+        latents on its own, so the whole path is per-token and runs on the real tokens only."""
+        D, nh = self.in_dim, self.config.num_heads
         c = self.norm_c(self.latents)  # [r, D]
-        q = self.q_proj(self.norm_q(h)).view(B, L, nh, D // nh).transpose(1, 2)  # [B, nh, L, d_h]
+        q = self.q_proj(self.norm_q(x)).unflatten(-1, (nh, D // nh)).transpose(-3, -2)  # [..., nh, N, d_h]
         k = self.k_proj(c).view(-1, nh, D // nh).transpose(0, 1)  # [nh, r, d_h]
         v = self.v_proj(c).view(-1, nh, D // nh).transpose(0, 1)  # [nh, r, d_h]
-        att = (q @ k.transpose(1, 2) / math.sqrt(D // nh)).softmax(-1)  # [B, nh, L, r]
-        o = self.out_proj((att @ v).transpose(1, 2).reshape(B, L, D))
-        h = h + o
-        h = h + self.mlp(self.norm_f(h))
+        att = at_least_fp32(q @ k.transpose(1, 2) / math.sqrt(D // nh)).softmax(-1)  # [..., nh, N, r]
+        o = self.out_proj((att.to(v.dtype) @ v).transpose(-3, -2).flatten(-2))
+        x = x + o
+        return x + self.mlp(self.norm_f(x))
+
+    def _pool(self, h, mask):
+        h = per_token(self._tokens, h, mask)  # padding rows 0
         w = _mean_weights(mask, h.dtype)
         return torch.bmm(w.unsqueeze(1), h).squeeze(1), w
 
@@ -178,11 +182,12 @@ class PMAPooling(Pooler):
         nh, k = self.config.num_heads, self.config.num_seeds
         q = self.q_proj(self.seeds)  # [k, D]
         qh = q.view(k, nh, D // nh).transpose(0, 1)  # [nh, k, d_h]
-        kh = self.k_proj(h).view(B, L, nh, D // nh).transpose(1, 2)  # [B, nh, L, d_h]
-        vh = self.v_proj(h).view(B, L, nh, D // nh).transpose(1, 2)
+        # keys and values of the real tokens only (padding keys are masked out of the softmax)
+        kh = per_token(self.k_proj, h, mask, fill=None).view(B, L, nh, D // nh).transpose(1, 2)  # [B, nh, L, d_h]
+        vh = per_token(self.v_proj, h, mask).view(B, L, nh, D // nh).transpose(1, 2)
         scores = qh @ kh.transpose(2, 3) / math.sqrt(D // nh)  # [B, nh, k, L]
         att = masked_softmax(scores, mask[:, None, None, :])
-        o = q + (att @ vh).transpose(1, 2).reshape(B, k, D)
+        o = q + (att.to(vh.dtype) @ vh).transpose(1, 2).reshape(B, k, D)
         o = self.ln0(o)
         o = self.ln1(o + torch.relu(self.rff(o)))
         return o.reshape(B, k * D), att.mean((1, 2))
@@ -206,10 +211,9 @@ class TokenMLP(TokenLayerStack):
         super().__init__(in_dim, hidden_dim, num_layers, jk, dropout, nn.Linear)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        keep = mask.unsqueeze(-1).to(x.dtype)
         layers, h = [x], x
         for lin in self.layers:
-            h = torch.relu(lin(self.dropout(h))) * keep
+            h = torch.relu(per_token(lin, self.dropout(h), mask))  # real tokens only; padding rows 0
             layers.append(h)
         return jumping_knowledge(layers, self.jk)
 

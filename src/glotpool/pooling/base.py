@@ -102,6 +102,35 @@ def check_inputs(hidden_states: Tensor, attention_mask: Tensor | None, in_dim: i
     return h, mask
 
 
+def at_least_fp32(t: Tensor) -> Tensor:
+    """``t`` in float32, or float64 if it is: where bf16 autocast must not reach (softmaxes, similarities)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+PACK_BELOW = 0.9  # per_token packs when fewer than this share of the positions are real tokens
+
+
+def per_token(fn, x: Tensor, mask: Tensor, fill: float | None = 0.0) -> Tensor:
+    """``fn`` (a per-token module: Linear, MLP, ...) applied to the real tokens only: ``fn(x[mask])`` scattered
+    back to ``[B, L, ...]``. The one packed-token helper of every pooler's per-token path (GNN input projections,
+    GIN's MLP, readout MLP, AdaPool, TokenMLP, latent attention, PMA's key/value projections).
+
+    ``x [B, L, D]``, ``mask [B, L]`` bool. Positions that are padding get ``fill`` (``None``: unspecified, for
+    callers that mask them anyway). When nearly every position is real (``>= PACK_BELOW``) the gather/scatter
+    costs more than it saves, so ``fn`` runs on the dense tensor; the real tokens' values are the same either way.
+    Differentiable (the backward of the gather is a scatter into the same positions).
+    """
+    if int(mask.sum()) >= PACK_BELOW * mask.numel():
+        y = fn(x)
+        if fill is None:
+            return y
+        keep = mask.reshape(*mask.shape, *([1] * (y.dim() - 2)))
+        return y.masked_fill(~keep, fill)
+    y = fn(x[mask])  # [N, ...]
+    out = y.new_full((*mask.shape, *y.shape[1:]), 0.0 if fill is None else fill)
+    return out.index_put((mask,), y)  # out of place: autograd routes the gradient to y's rows
+
+
 def _first_real_index(mask: Tensor) -> Tensor:
     return mask.int().argmax(1)  # argmax returns the first maximum
 

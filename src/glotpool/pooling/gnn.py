@@ -9,7 +9,10 @@
 Shapes: ``x [B, L, D]``, ``adj [B, L, L]`` (0/1, self-loops included), ``mask [B, L]`` (bool) → ``U [B, L, out_dim]``.
 Padding rows of every layer's output are zero.
 
-Layers are PyTorch Geometric's dense batched convolutions (one padded tensor per batch, no edge lists):
+Layers hold the parameters of PyTorch Geometric's dense batched convolutions (one padded tensor per batch, no edge
+lists), and their forward is the conv table's ``dense`` form: the same maths as the PyG layer's ``forward``, except
+that every per-token linear (the input projection, GIN's MLP) runs on the real tokens only
+(:func:`~glotpool.pooling.base.per_token`) and the attention softmax is float32 under bf16 autocast:
 ``gat`` = :class:`~torch_geometric.nn.dense.DenseGATConv` (one head), ``gcn`` =
 :class:`~torch_geometric.nn.dense.DenseGCNConv` (symmetric normalisation), ``gin`` =
 :class:`~torch_geometric.nn.dense.DenseGINConv` with a 2-layer MLP (sum aggregation over the graph's neighbours,
@@ -22,10 +25,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn.dense import DenseGATConv, DenseGCNConv, DenseGINConv
 
-from glotpool.pooling.layers import DenseGATv2Conv
+from glotpool.pooling.base import at_least_fp32, per_token
+from glotpool.pooling.layers import DenseGATv2Conv, with_self_loops
 
 @dataclass
 class ConvKind:
@@ -33,6 +38,8 @@ class ConvKind:
 
     build: Callable[[int, int], nn.Module]  # (in_dim, out_dim) -> the dense batched layer
     mask_only: bool  # attention convs read A only as a 0/1 mask: a weighted (soft) graph would become complete
+    dense: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor] | None = None  # (layer, x [B, L, F], adj, mask)
+    # -> [B, L, F'] with self-loops added, padding rows 0; None: the layer's own forward(x, adj, mask, add_loop=True)
     sparse: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None  # (layer, x [N, F], edge_index) -> [N, F']
     # with the dense layer's own parameters; registered by glotpool.pooling.sparse (@sparse_form)
 
@@ -41,12 +48,51 @@ def _gin(in_dim: int, out_dim: int) -> nn.Module:
     return DenseGINConv(nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim)))
 
 
+def _keep(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    return mask.unsqueeze(-1).to(dtype)
+
+
+def _dense_gat(conv: DenseGATConv, x: Tensor, adj: Tensor, mask: Tensor) -> Tensor:
+    """``DenseGATConv.forward(x, adj, mask, add_loop=True)`` with the projection on real tokens only."""
+    B, N, _ = x.shape
+    H, C = conv.heads, conv.out_channels
+    adj = with_self_loops(adj)
+    xw = per_token(conv.lin, x, mask).view(B, N, H, C)
+    a_src = at_least_fp32((xw * conv.att_src).sum(-1))  # [B, N, H]
+    a_dst = at_least_fp32((xw * conv.att_dst).sum(-1))
+    alpha = F.leaky_relu(a_src.unsqueeze(1) + a_dst.unsqueeze(2), conv.negative_slope)  # [B, N(i), N(j), H]
+    alpha = alpha.masked_fill(adj.unsqueeze(-1) == 0, float("-inf")).softmax(dim=2)
+    alpha = F.dropout(alpha, p=conv.dropout, training=conv.training)
+    out = torch.matmul(alpha.to(xw.dtype).movedim(3, 1), xw.movedim(2, 1)).movedim(1, 2)  # [B, N, H, C]
+    out = out.reshape(B, N, H * C) if conv.concat else out.mean(dim=2)
+    if conv.bias is not None:
+        out = out + conv.bias
+    return out * _keep(mask, out.dtype)
+
+
+def _dense_gcn(conv: DenseGCNConv, x: Tensor, adj: Tensor, mask: Tensor) -> Tensor:
+    """``DenseGCNConv.forward(x, adj, mask, add_loop=True)`` with the projection on real tokens only."""
+    adj = with_self_loops(adj, 2.0 if conv.improved else 1.0)
+    xw = per_token(conv.lin, x, mask)
+    dinv = adj.sum(dim=-1).clamp(min=1).pow(-0.5)
+    out = torch.matmul(dinv.unsqueeze(-1) * adj * dinv.unsqueeze(-2), xw)
+    if conv.bias is not None:
+        out = out + conv.bias
+    return out * _keep(mask, out.dtype)
+
+
+def _dense_gin(conv: DenseGINConv, x: Tensor, adj: Tensor, mask: Tensor) -> Tensor:
+    """``DenseGINConv.forward(x, adj, mask, add_loop=True)`` with the MLP on real tokens only."""
+    out = (1 + conv.eps) * x + torch.matmul(adj, x)
+    return per_token(conv.nn, out, mask)  # padding rows 0
+
+
 # The conv table: adding a conv is one row here (+ its @sparse_form in sparse.py for long documents).
 CONV_TABLE: dict[str, ConvKind] = {
-    "gat": ConvKind(lambda i, o: DenseGATConv(i, o, heads=1), mask_only=True),
-    "gcn": ConvKind(DenseGCNConv, mask_only=False),
-    "gin": ConvKind(_gin, mask_only=False),
-    "gatv2": ConvKind(DenseGATv2Conv, mask_only=True),
+    "gat": ConvKind(lambda i, o: DenseGATConv(i, o, heads=1), mask_only=True, dense=_dense_gat),
+    "gcn": ConvKind(DenseGCNConv, mask_only=False, dense=_dense_gcn),
+    "gin": ConvKind(_gin, mask_only=False, dense=_dense_gin),
+    "gatv2": ConvKind(DenseGATv2Conv, mask_only=True),  # ours: its forward packs already
 }
 CONVS = tuple(CONV_TABLE)
 JK_MODES = ("cat", "max", "mean", "last")
@@ -118,9 +164,11 @@ class TokenGNN(TokenLayerStack):
     def forward(self, x: Tensor, adj: Tensor, mask: Tensor) -> Tensor:
         layers = [x]
         h = x
+        dense = CONV_TABLE[self.conv].dense
         for conv in self.layers:
-            # add_loop=True sets A_ii = 1 on every position: real tokens have that self-loop already, and on
-            # padding it keeps GAT's softmax rows finite (an all -inf row is NaN); padding outputs are masked to 0.
-            h = torch.relu(conv(self.dropout(h), adj, mask=mask, add_loop=True))
+            # self-loops: A_ii = 1 on every position: real tokens have that self-loop already, and on padding it
+            # keeps GAT's softmax rows finite (an all -inf row is NaN); padding outputs are masked to 0.
+            h = self.dropout(h)
+            h = torch.relu(dense(conv, h, adj, mask) if dense else conv(h, adj, mask=mask, add_loop=True))
             layers.append(h)
         return jumping_knowledge(layers, self.jk)

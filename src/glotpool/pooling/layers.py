@@ -18,6 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glotpool.pooling.base import at_least_fp32, per_token
+
+
+def with_self_loops(adj: Tensor, value: float = 1.0) -> Tensor:
+    """A copy of ``adj [B, N, N]`` with ``A_ii = value`` on every position (what PyG's ``add_loop=True`` does)."""
+    adj = adj.clone()
+    idx = torch.arange(adj.shape[-1], device=adj.device)
+    adj[:, idx, idx] = value
+    return adj
+
 
 class DenseGATv2Conv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, negative_slope: float = 0.2, dropout: float = 0.0):
@@ -40,18 +50,16 @@ class DenseGATv2Conv(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor, adj: Tensor, mask: Tensor | None = None, add_loop: bool = True) -> Tensor:
-        B, N, _ = x.shape
         if add_loop:
-            adj = adj.clone()
-            idx = torch.arange(N, device=adj.device)
-            adj[:, idx, idx] = 1
-        src = self.lin_src(x)  # [B, N, F]  (x_j side)
-        dst = self.lin_dst(x)  # [B, N, F]  (x_i side)
+            adj = with_self_loops(adj)
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        src = per_token(self.lin_src, x, mask)  # [B, N, F]  (x_j side; real tokens only)
+        dst = per_token(self.lin_dst, x, mask)  # [B, N, F]  (x_i side)
         pair = F.leaky_relu(dst.unsqueeze(2) + src.unsqueeze(1), self.negative_slope)  # [B, N(i), N(j), F]
-        e = pair @ self.att  # [B, N, N]
+        e = at_least_fp32(pair @ self.att)  # [B, N, N]
         e = e.masked_fill(adj == 0, float("-inf"))
         alpha = F.dropout(e.softmax(dim=-1), p=self.dropout, training=self.training)
-        out = alpha @ src + self.bias
+        out = alpha.to(src.dtype) @ src + self.bias
         if mask is not None:
             out = out * mask.unsqueeze(-1).to(out.dtype)
         return out

@@ -13,12 +13,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from glotpool.pooling.base import at_least_fp32, per_token
+
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     """Softmax over positions where ``mask`` is true; masked positions get exactly 0.
 
-    Every row must have at least one true position (the poolers validate this).
+    Computed in float32 at least (float64 stays float64), also under bf16 autocast: a bf16 softmax over ~100
+    tokens loses the small weights. Every row must have at least one true position (the poolers validate this).
     """
+    scores = at_least_fp32(scores)
     return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
 
 
@@ -44,15 +48,10 @@ class AttentionReadout(nn.Module):
         return self.score(torch.tanh(self.proj(u))).squeeze(-1)
 
     def forward(self, u: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        n_real = int(mask.sum())
-        if n_real < 0.9 * mask.numel():
-            # Score only the real tokens: the MLP is the readout's main cost and padding scores are discarded anyway.
-            s = self.scores(u[mask])
-            scores = torch.full(mask.shape, float("-inf"), dtype=s.dtype, device=u.device).masked_scatter(mask, s)
-        else:
-            scores = self.scores(u)
-        pi = masked_softmax(scores, mask)  # [B, L]
-        z = torch.bmm(pi.unsqueeze(1), u).squeeze(1)  # [B, F]
+        # score only the real tokens (packed): the MLP is the readout's main cost; padding scores are masked anyway
+        scores = per_token(self.scores, u, mask, fill=None)
+        pi = masked_softmax(scores, mask)  # [B, L], float32 (or float64)
+        z = torch.bmm(pi.to(u.dtype).unsqueeze(1), u).squeeze(1)  # [B, F]
         return z, pi
 
     def extra_repr(self) -> str:
