@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--layer", type=int, default=-1, help="hidden layer (0 = embeddings, -1 = last)")
     p.add_argument("--no-st", action="store_true", help="skip the sentence-transformers export")
     add_cache_dir_arg(p)
+    p.add_argument("--shard-tokens", type=int, default=50_000,
+                   help="tokens per cache shard: an interrupted caching run resumes at the last finished shard")
     p.add_argument("--overwrite", action="store_true", help="replace OUT/cache or OUT/model built with other settings")
     p.add_argument("--quiet", action="store_true")
     add_train_args(p, EMBED_DEFAULTS)
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     backbone = load_backbone(args.backbone, max_length=args.max_length, layer=args.layer)
     spec = adapt_spec(spec, backbone, announce=True)
     exp = prepare_experiment(backbone, task, args.cache_dir or out / "cache", show_progress=not args.quiet,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, shard_tokens=args.shard_tokens)
     cfg = replace(train_config(args), show_progress=not args.quiet)
     head_options = {"temperature": args.temperature, "learn_temperature": args.learn_temperature}
     rec = run_one(spec, exp.cache, exp.data, cfg, seed=args.seed, run_dir=out / "run", save_model=True,

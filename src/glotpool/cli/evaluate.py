@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             digest = hashlib.sha256((key + "\0" + "\0".join(wanted)).encode()).hexdigest()[:12]
             t0 = time.perf_counter()
             caches[key] = build_cache(bb, wanted, cache_root / f"{short}-{digest}", batch_size=args.batch_size,
-                                      show_progress=not args.quiet)
+                                      show_progress=not args.quiet, shard_tokens=50_000)  # resumable in small steps
             cache_seconds[short] = round(time.perf_counter() - t0, 1)
         results = []
         for label, key, pooler, prompt, kind in systems:

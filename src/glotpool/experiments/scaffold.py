@@ -43,13 +43,14 @@ def task_texts(task: LoadedTask) -> list[str]:
 
 
 def prepare_experiment(backbone: Backbone, task: LoadedTask, cache_dir: str | os.PathLike, *,
-                       batch_size: int = 32, show_progress: bool = True, overwrite: bool = False) -> Experiment:
+                       batch_size: int = 32, show_progress: bool = True, overwrite: bool = False,
+                       shard_tokens: int = 1_000_000) -> Experiment:
     """Cache ``task``'s texts with ``backbone`` in ``cache_dir`` (reused / resumed when complete or interrupted)
     and index every split into it."""
     data_warnings(task, backbone)
     t0 = time.perf_counter()
     cache = build_cache(backbone, task_texts(task), cache_dir, batch_size=batch_size, show_progress=show_progress,
-                        overwrite=overwrite)
+                        overwrite=overwrite, shard_tokens=shard_tokens)
     seconds = time.perf_counter() - t0
     data = prepare_splits(cache, task.splits, task.task_type, label_names=task.label_names,
                           score_range=task.score_range)

@@ -1,0 +1,185 @@
+"""The NLI embedding recipe (#21): nli-pairs triplets, hard-negative InfoNCE, premise-separated batches, retrieval
+data without labels, the zero-shot suite, and the embed-train / evaluate commands end to end on fixture data."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from glotpool.data import TaskSource, TextDataset, read_table
+from glotpool.data.fetch import build_nli_pairs, nli_triplets, split_nli_dev
+from glotpool.training.heads import build_head
+from glotpool.training.trainer import group_separated_batches
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Fixture corpora laid out like `glotpool fetch-data` output, nli-pairs built from the fixture SNLI."""
+    root = tmp_path_factory.mktemp("gp-data")
+    for name in ("snli", "pang-lee"):
+        shutil.copytree(DATA / name, root / name)
+    build_nli_pairs(root / "snli", root / "nli-pairs", check=False)
+    return root
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def test_nli_triplets_pair_entailment_with_contradiction_of_same_premise():
+    rows = [{"premise": "p1", "hypothesis": h, "label": y} for h, y in
+            [("e1", "entailment"), ("c1", "contradiction"), ("n1", "neutral"), ("e2", "entailment"),
+             ("e1", "entailment")]]  # duplicate entailment
+    rows += [{"premise": "p2", "hypothesis": "e3", "label": "entailment"}]  # no contradiction: skipped
+    rows += [{"premise": "p3", "hypothesis": "p3", "label": "entailment"},
+             {"premise": "p3", "hypothesis": "c3", "label": "contradiction"}]  # positive == premise: dropped
+    assert nli_triplets(rows) == [{"premise": "p1", "positive": "e1", "negative": "c1"},
+                                  {"premise": "p1", "positive": "e2", "negative": "c1"}]
+
+
+def test_nli_pairs_files_and_preset(data_dir):
+    triplets = nli_triplets([json.loads(x) for x in open(DATA / "snli" / "train.jsonl")])
+    tr, dv = split_nli_dev(triplets)
+    assert {t["premise"] for t in tr}.isdisjoint({t["premise"] for t in dv}) and dv
+    assert len({(t["premise"], t["positive"]) for t in triplets}) == len(triplets)  # deduplicated
+    splits = TaskSource(task="nli-pairs", data_dir=str(data_dir)).load().splits
+    assert [len(splits[k]) for k in ("train", "dev")] == [len(tr), len(dv)]
+    ds = splits["train"]
+    assert ds.texts3 is not None and ds.labels is None and ds.groups == ds.texts
+    assert all(a != b for a, b in zip(ds.texts2, ds.texts3))
+    sub = ds.subset([2, 0])
+    assert sub.texts3 == [ds.texts3[2], ds.texts3[0]]
+    with pytest.raises(ValueError, match="texts3 has 1 items"):
+        TextDataset(["a", "b"], ["c", "d"], texts3=["x"])
+
+
+def test_retrieval_files_need_no_label_column(tmp_path):
+    f = tmp_path / "pairs.csv"
+    f.write_text("premise,hypothesis,neg\n" + "".join(f"q{i},d{i},n{i}\n" for i in range(40)))
+    task = TaskSource(task=None, data_file=str(f), task_type="retrieval", text_col="premise",
+                      text_col_2="hypothesis").load()
+    assert task.splits["train"].labels is None and task.splits["train"].texts3 is None
+    task = TaskSource(task=None, data_file=str(f), task_type="retrieval", text_col="premise",
+                      text_col_2="hypothesis", text_col_3="neg").load()
+    assert task.splits["train"].texts3[0].startswith("n")
+    with pytest.raises(ValueError, match="text-col-3"):
+        TaskSource(task=None, data_file=str(f), task_type="pair", text_col="premise", text_col_2="hypothesis",
+                   text_col_3="neg").load()
+    assert read_table(f, text_col="premise", text_col_3="neg").texts3[1] == "n1"
+
+
+# ----------------------------------------------------------------------------------------------- training pieces
+
+
+def test_group_separated_batches_never_mix_a_group():
+    rng = np.random.default_rng(0)
+    groups = np.asarray([i // 3 for i in range(90)] + [100] * 5)  # triples + one big group
+    batches = group_separated_batches(groups, 16, rng)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(groups)))  # every row exactly once
+    for b in batches:
+        assert len(set(groups[b].tolist())) == len(b)
+    assert sum(len(b) == 16 for b in batches) >= 4
+
+
+def test_hard_negative_infonce_and_learnable_temperature():
+    torch.manual_seed(0)
+    q, d, n = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+    head = build_head("retrieval", 8, temperature=0.1)
+    out = head(q, d, n)
+    assert out.shape == (4, 8)
+    assert torch.allclose(out[:, :4], head(q, d))  # the in-batch block is unchanged
+    # the hard negative is a candidate for its query: a negative equal to the query raises the loss
+    assert head.loss(head(q, d, q.clone())) > head.loss(head(q, d, -q))
+    learned = build_head("retrieval", 8, temperature=0.1, learn_temperature=True)
+    assert [n for n, _ in learned.named_parameters()] == ["log_scale"]
+    loss = learned.loss(learned(q, d, n))
+    loss.backward()
+    assert learned.log_scale.grad is not None and torch.isclose(learned.scale, torch.tensor(10.0))
+
+
+def test_train_with_hard_negatives_on_cache(minilm, data_dir, tmp_path):
+    from glotpool.experiments.runs import PoolerSpec, run_one
+    from glotpool.experiments.scaffold import prepare_experiment
+    from glotpool.training.trainer import TrainConfig
+
+    task = TaskSource(task="nli-pairs", data_dir=str(data_dir)).load()
+    task.splits.pop("test")
+    exp = prepare_experiment(minilm, task, tmp_path / "cache", show_progress=False)
+    tr = exp.data["train"]
+    assert tr.idx3 is not None and tr.groups is not None and exp.data["dev"].idx3 is not None
+    cfg = TrainConfig(epochs=2, batch_size=16, show_progress=False)
+    rec = run_one(PoolerSpec.parse("mean_linear"), exp.cache, exp.data, cfg, seed=0,
+                  head_options={"learn_temperature": True})
+    assert 0.0 < rec.dev["mrr@10"] <= 1.0 and rec.trainable_parameters == 384 * 385 + 1
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+def test_zeroshot_metrics_on_toy_vectors():
+    from glotpool.experiments import zeroshot as zs
+
+    q = np.eye(3)
+    d = np.eye(3)[[1, 0, 2]]
+    m = zs.retrieval_scores(q, d, [{1}, {0}, {2}])
+    assert m == {"retrieval_mrr@10": 1.0, "retrieval_recall@1": 1.0, "retrieval_recall@10": 1.0}
+    z1 = np.asarray([[1.0, 0.0]] * 3)
+    z2 = np.asarray([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    assert zs.graded_spearman(z1, z2, [2, 1, 0]) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(0, 0.1, (20, 4)) + 3, rng.normal(0, 0.1, (20, 4)) - 3])
+    y = ["a"] * 20 + ["b"] * 20
+    assert zs.probe_scores(z[::2], y[::2], z[1::2], y[1::2]) == {"probe_logreg_acc": 1.0, "probe_knn10_acc": 1.0}
+    assert zs.cluster_v_measure(z, y, n_runs=2) == pytest.approx(1.0)
+    assert zs.prompted(["hi"], zs.PROMPTEOL) == ['This sentence : "hi" means in one word:"']
+
+
+def test_zeroshot_suite_and_mteb_on_cached_states(minilm, data_dir, tmp_path):
+    from glotpool.experiments import zeroshot as zs
+    from glotpool.integrations.mteb import local_mteb_scores
+    from glotpool.pooling import build_pooler
+    from glotpool.states.cache import build_cache
+
+    data = zs.load_zeroshot_data(data_dir, n_retrieval=10, n_graded=20, n_probe=40)
+    assert data.sizes["retrieval_queries"] == 10 and data.sizes["probe_test"] == 20
+    assert all(data.relevant) and set(data.pairs.labels) <= {0.0, 1.0, 2.0}
+    cache = build_cache(minilm, data.texts(), tmp_path / "c", show_progress=False)
+    embed = zs.cache_embedder(cache, build_pooler("mean", in_dim=384))
+    ref = minilm.encode(data.queries[:2])
+    assert np.allclose(embed(data.queries[:2]), build_pooler("mean", in_dim=384)(*ref).numpy(), atol=2e-2)
+    scores = zs.evaluate_embedder(embed, data)
+    assert set(scores) == set(zs.METRICS) and scores["retrieval_mrr@10"] > 0.3
+    mteb = local_mteb_scores(embed, 384, data.probe_train, data.probe_test, data.pairs, 0.0, 2.0)
+    assert mteb["mteb_sts_spearman"] == pytest.approx(scores["graded_spearman"], abs=1e-3)
+    assert 0.0 <= mteb["mteb_classification_acc"] <= 1.0
+
+
+def test_embed_train_then_evaluate_commands(data_dir, tmp_path):
+    env = {**os.environ, "GLOTPOOL_DATA": str(data_dir)}
+    out = tmp_path / "m"
+    cmd = [sys.executable, "-m", "glotpool", "embed-train", "--backbone", "minilm", "--pooler", "mean_linear",
+           "--out", str(out), "--epochs", "1", "--batch-size", "16", "--quiet"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "time: caching" in res.stdout
+    for f in ("model/encoder.json", "model/README.md", "st/modules.json", "st/README.md", "recipe.json"):
+        assert (out / f).is_file(), f
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["hard_negatives"] and recipe["sizes"]["train"] > 0 and recipe["total_seconds"] > 0
+    cmd = [sys.executable, "-m", "glotpool", "evaluate", "--model", str(out), "--baselines", "mean", "--no-mteb",
+           "--n-retrieval", "10", "--n-graded", "20", "--n-probe", "40", "--out", str(tmp_path / "ev"), "--quiet"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = res.stdout
+    assert "| m |" in table and "mean (untrained)" in table and "SNLI MRR@10" in table
+    saved = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert [r["kind"] for r in saved["results"]] == ["trained", "baseline"]
