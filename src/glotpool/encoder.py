@@ -29,10 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glotpool.states.backbone import DTYPES, PRESETS, Backbone, length_sorted_batches, load_backbone
+from glotpool.states.backbone import DTYPES, PRESETS, Backbone, length_sorted_batches, load_backbone, resolve_dtype
 from glotpool.io_utils import atomic_dir, atomic_write_json
 from glotpool.pooling import Pooler, load_pooler
 from glotpool.training.heads import TaskHead
+from glotpool.training.trainer import autocast as pooler_autocast
 
 FORMAT = "glotpool-encoder"
 FORMAT_VERSION = 1
@@ -76,11 +77,13 @@ def _as_texts(texts, what: str = "texts") -> list[str]:
     return texts
 
 
-def _as_dtype(dtype) -> torch.dtype | None:
+def _as_dtype(dtype, device="cpu") -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":  # bf16 where the device computes it natively, else fp32 (states.backbone.resolve_dtype)
+        return DTYPES[resolve_dtype("auto", device)]
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch dtype, got {dtype!r}")
+        raise ValueError(f"dtype must be 'auto', one of {sorted(DTYPES)} or a torch dtype, got {dtype!r}")
     return DTYPES[dtype]
 
 
@@ -118,6 +121,9 @@ class Encoder:
         # rendered in the README.md model card; from_run fills it from the run, `glotpool train` adds the task
         self.training = dict(training or {})
         self.model_id: str | None = None  # what the card's usage snippet loads (push_to_hub sets the repo id)
+        # the pooler's (and head's) precision at inference, as TrainConfig.precision in training (one autocast):
+        # "auto" = bf16 autocast where the device computes bf16 natively, "fp32" / "bf16" to force one
+        self.precision = "auto"
 
     @property
     def dim(self) -> int:
@@ -287,20 +293,21 @@ class Encoder:
         ``glotpool serve``'s batcher. Pads to the batch's longest text; float32 on CPU, rows in ``features`` order.
         """
         bb = self.backbone
-        dtype = _as_dtype(dtype)
+        dtype = _as_dtype(dtype, bb.device)
         autocast = dtype is not None and dtype != next(bb.model.parameters()).dtype
         batch = bb.tokenizer.pad(features, padding=True, return_tensors="pt")
         with torch.inference_mode():
-            # autocast only around the backbone: the pooler runs in its own (fp32) weights' dtype
             with torch.autocast(bb.device.type, dtype=dtype, enabled=autocast):
                 h, mask = bb.forward_batch(batch)
-            return self.pooler(h, mask).float().cpu()
+            # the pooler: fp32 master weights, under the same autocast the trainer uses (self.precision)
+            with pooler_autocast(bb.device, self.precision):
+                return self.pooler(h, mask).float().cpu()
 
     def _embed(self, texts: list[str], batch_size: int, dtype=None, bar=None) -> torch.Tensor:
         """Validated texts -> ``Z [N, dim]`` float32 on CPU, input order. ``bar``: a tqdm advanced per batch."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        dtype = _as_dtype(dtype)
+        dtype = _as_dtype(dtype, self.backbone.device)
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)  # a normal tensor (not an inference one)
         enc = self.tokenize(texts)  # once; batches are padded to their longest
         keys = list(enc.keys())

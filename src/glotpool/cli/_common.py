@@ -44,6 +44,7 @@ def task_source(args: argparse.Namespace):
 
 def add_cache_args(p: argparse.ArgumentParser) -> None:
     """What `glotpool cache` and `glotpool dist cache|merge` take: the data file, backbone and cache settings."""
+    from glotpool.states.backbone import DTYPE_CHOICES
     from glotpool.states.cache import STORE_DTYPES
 
     p.add_argument("--backbone", default="minilm", help="preset (minilm, smollm2), hub id or model folder")
@@ -55,6 +56,9 @@ def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="float16", choices=sorted(STORE_DTYPES), help="storage dtype")
+    p.add_argument("--backbone-dtype", default="auto", choices=list(DTYPE_CHOICES),
+                   help="backbone compute dtype; auto = bfloat16 on GPUs and on CPUs with AVX512-BF16/AMX, else "
+                        "float32 (the cache key records the resolved dtype)")
     p.add_argument("--shard-tokens", type=int, default=1_000_000, help="tokens per shard file")
     p.add_argument("--padding-side", choices=["left", "right"], default=None)
     p.add_argument("--device", default="auto")
@@ -76,7 +80,7 @@ def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
                    help="learning rate schedule over --epochs")
     g.add_argument("--warmup", type=float, default=defaults.warmup, help="share of steps of linear warm-up")
     g.add_argument("--device", default="cpu")
-    g.add_argument("--precision", default=defaults.precision, choices=["fp32", "bf16"],
+    g.add_argument("--precision", default=defaults.precision, choices=["fp32", "bf16", "auto"],
                    help="bf16 = bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX and on GPUs)")
 
 

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     cols = [args.text_col] + ([args.text_col_2] if args.text_col_2 else [])
     texts = unique_texts(ds.texts, ds.texts2 if args.text_col_2 else None)
     backbone = load_backbone(args.backbone, layer=args.layer, max_length=args.max_length,
-                             padding_side=args.padding_side, device=args.device)
+                             padding_side=args.padding_side, device=args.device, dtype=args.backbone_dtype)
     cache = build_cache(backbone, texts, args.out, batch_size=args.batch_size, shard_tokens=args.shard_tokens,
                         store_dtype=args.dtype, show_progress=not args.quiet, overwrite=args.overwrite,
                         extra_meta={"data": str(args.data), "columns": cols, "rows": len(ds),

@@ -53,7 +53,7 @@ def run_cache(args: argparse.Namespace) -> int:
     # the same text list as `glotpool cache`, so the two caches are interchangeable
     texts = unique_texts(ds.texts, ds.texts2 if args.text_col_2 else None)
     backbone = load_backbone(args.backbone, layer=args.layer, max_length=args.max_length,
-                             padding_side=args.padding_side, device=str(device))
+                             padding_side=args.padding_side, device=str(device), dtype=args.backbone_dtype)
     cols = [args.text_col] + ([args.text_col_2] if args.text_col_2 else [])
     kw = dict(batch_size=args.batch_size, shard_tokens=args.shard_tokens, store_dtype=args.dtype,
               extra_meta={"data": str(args.data), "columns": cols, "rows": len(ds),

@@ -213,8 +213,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--chunk-size", type=int, default=10_000, help="rows read (and held) at a time")
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16"],
-                   help="run the backbone under autocast in this dtype (GPU speed-up; slightly other states)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="run the backbone under autocast in this dtype (slightly other states); auto = bfloat16 on "
+                        "GPUs and on CPUs with AVX512-BF16/AMX, else the backbone's own dtype")
     p.add_argument("--on-empty", choices=["nan", "error"], default="nan",
                    help="empty texts: NaN outputs (default, reported) or reject the file")
     p.add_argument("--on-nonfinite", choices=["error", "nan"], default="error",

@@ -33,7 +33,7 @@ anisotropic (all pairwise cosines near 1), which makes the threshold graph almos
 shared direction so the threshold measures relative similarity again.
 
 The graph is a function of the (frozen) states and carries no gradient. Similarities are computed in float32, or
-in float64 when the states are float64 (half-precision states are upcast).
+in float64 when the states are float64 (half-precision states are upcast), also under bf16 autocast.
 """
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def cosine_similarity(h: Tensor, mask: Tensor, center: bool = False) -> Tensor:
     Entries that touch padding are meaningless; callers mask them.
     """
     hn = unit_states(h, mask, center)
-    return hn @ hn.transpose(1, 2)
+    with torch.autocast(hn.device.type, enabled=False):  # fp32 similarities also under bf16 autocast
+        return hn @ hn.transpose(1, 2)
 
 
 def _pair_mask(mask: Tensor) -> Tensor:

@@ -158,7 +158,8 @@ def chunked_edge_index(h: Tensor, mask: Tensor, rule: str = "knn", *, tau: float
     top = k if rule == "knn" else max_degree  # None: plain threshold
     srcs, dsts = [], []
     for b0, b1, r0, r1 in _blocks(B, L, chunk_size):
-        sim = hn[b0:b1, r0:r1] @ hn[b0:b1].transpose(1, 2)  # [b, c, L]: the dense rows r0:r1, all keys
+        with torch.autocast(h.device.type, enabled=False):  # fp32, as the dense builder
+            sim = hn[b0:b1, r0:r1] @ hn[b0:b1].transpose(1, 2)  # [b, c, L]: the dense rows r0:r1, all keys
         keys = mask[b0:b1].unsqueeze(1)  # [b, 1, L]
         rows = mask[b0:b1, r0:r1]  # [b, c]
         row_ids, key_ids = ids[b0:b1, r0:r1], ids[b0:b1]

@@ -35,10 +35,18 @@ from glotpool.training.heads import TaskHead, default_metric, head_class
 
 
 def autocast(device: torch.device | str, precision: str):
-    """Mixed-precision context for ``precision`` ('fp32' = off, 'bf16' = bfloat16 autocast)."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}; use 'fp32' or 'bf16'")
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """Mixed-precision context of the poolers and heads, in training and at inference (the encoder and the server
+    use this same function): 'fp32' = off, 'bf16' = bfloat16 autocast (fp32 master weights; the poolers keep
+    softmaxes and graph similarities in fp32), 'auto' = 'bf16' where the device computes bf16 natively
+    (:func:`glotpool.states.backbone.resolve_dtype`), else 'fp32'."""
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"unknown precision {precision!r}; use 'fp32', 'bf16' or 'auto'")
+    device = torch.device(device)
+    if precision == "auto":
+        from glotpool.states.backbone import resolve_dtype
+
+        precision = "bf16" if resolve_dtype("auto", device) == "bfloat16" else "fp32"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def seed_everything(seed: int) -> None:
