@@ -1,15 +1,33 @@
-"""Speed and peak memory of GLOT pooling: dense batched vs the per-sentence sparse formulation vs mean pooling.
+"""Speed and peak memory of GLOT pooling: glotpool fp32 / bf16 vs the per-sentence formulation (vs the paper's
+reference head from a local snapshot, when given) vs mean pooling, and the analytic FLOP floor of this machine.
 
     python benchmarks/bench_pooling.py                  # B=32 L=128 D=768 K=2 F=256; gat, gcn, gin; tau 0.3, 0.6
     python benchmarks/bench_pooling.py --convs gat --threads 2 --json results.json
+    python benchmarks/bench_pooling.py --reference-path ~/src/GLOT   # + the paper's code (never vendored)
     python benchmarks/bench_pooling.py --quick              # tiny sizes, seconds (smoke test)
 
 Methods
 -------
-``dense``         :class:`glotpool.GLOTPooling`: one padded ``[B, L, L]`` graph per batch, PyG dense layers.
+``dense``         :class:`glotpool.GLOTPooling` in fp32: one padded ``[B, L, L]`` graph per batch, dense layers,
+                  every per-token linear on the real tokens only (packed).
+``dense_bf16``    the same module under the trainer's bf16 autocast (fp32 master weights, fp32 softmaxes and
+                  graph similarities). ``--bf16 auto`` (default) runs it only where bf16 is native
+                  (:func:`glotpool.states.backbone.cpu_has_bf16`, or CUDA): emulated bf16 GEMMs are many times
+                  slower than fp32 and say nothing about the method. ``--bf16 on`` forces it.
 ``per_sentence``  :class:`reference.PerSentenceGLOT`: a Python loop building one PyG ``edge_index`` graph
-                  per sentence and running PyG's sparse layers (what the paper's code does). Same weights.
+                  per sentence and running PyG's sparse layers (the formulation of the paper's code). Same weights.
+                  Our offline stand-in for the paper's head.
+``reference``     the paper's own code, only with ``--reference-path DIR`` (a local snapshot the user provides;
+                  skipped with a note when absent). ``DIR/glotpool_bench_adapter.py`` must define
+                  ``from_dense(pooler) -> module`` with ``module(h, mask) -> z``, building the paper's head with
+                  the same sizes (and, if it can, the same weights) from a :class:`glotpool.GLOTPooling`.
 ``mean``          mean pooling (no parameters: forward only).
+
+FLOP floor
+----------
+The analytic matmul FLOPs below divided by the measured peak of one ``torch.matmul`` at the readout's shape
+(``[N_real, U] @ [U, R]``, the largest GEMM; fp32, and bf16 where it runs): the time the head would take if every
+FLOP ran at GEMM peak. ``x floor`` = measured time / floor time.
 
 Inputs
 ------
@@ -31,26 +49,19 @@ Measurements
   mark (``getrusage().ru_maxrss``) minus its RSS before the first call, for fwd then fwd+bwd (the high-water mark
   is monotone, so fwd+bwd is reported as max(fwd, fwd+bwd)). It includes allocator slack. CUDA:
   ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call.
-* GFLOP/s of the dense path from an analytic count of its matmul FLOPs (padding included, since the dense path
-  computes on it; N = B·L tokens, U = D + K·F, R = readout width)::
+* GFLOP/s of the dense path from an analytic count of its matmul FLOPs (per-token products count the real
+  tokens only, since they are packed; N = real tokens, U = D + K·F, R = readout width)::
 
       graph      2·B·L²·D                              (cosine similarities; no gradient)
-      layer k    2·N·d_in·F  (+ 2·N·F·F for GIN's 2nd linear)  +  2·B·L²·F (aggregation A·X)
+      layer k    2·N·d_in·F  (+ 2·N·F·F for GIN's 2nd linear)  +  2·B·L²·F (aggregation A·X, padded)
                  (+ 2·2·N·F for GAT's two attention logits)
-      readout    2·N·U·R + 2·N·R + 2·N·U               (score MLP, weighted sum)
+      readout    2·N·U·R + 2·N·R + 2·B·L·U             (score MLP, weighted sum)
       backward   2 × (forward minus graph) − 2·N·D·F   (grads w.r.t. inputs and weights of every matmul, except
                                                        the input gradient of layer 1's linear: the states are frozen)
 
 Threads: ``--threads`` (default 1) sets ``torch.set_num_threads``; 1 thread gives stable numbers on a shared machine.
 
-Findings (CPU, 1 thread, AVX-512, 2026-11; see the issue for the tables)
------------------------------------------------------------------------
-On CPU the dense path is compute-bound: ~50-65 GFLOP/s in fp32 on one thread, and 82 % of its fwd+bwd time is
-matmul. Two thirds of its FLOPs are the readout's ``[N, U] x [U, R]`` product (U = 1280, R = 640), which the
-per-sentence loop also computes (on the real tokens only, ~75 % of them here). So batching can only remove the
-loop's per-sentence overhead, and the measured speed-up is 1-4x (fwd) and 1-2.3x (fwd+bwd), not 20x. A
-hand-written single-head dense GAT (no ``[B, N, N, H]`` layout) was 13-19 % faster per layer but only 3-4 %
-end to end, inside this shared machine's run-to-run noise, so ``gnn.make_conv`` keeps PyG's ``DenseGATConv``.
+Findings: see the README's "Speed and memory benchmarks" section (numbers measured side by side in one run).
 """
 from __future__ import annotations
 
@@ -103,10 +114,14 @@ def make_inputs(s: Sizes) -> tuple[torch.Tensor, torch.Tensor]:
     return h, mask
 
 
+def real_tokens(s: Sizes) -> int:
+    return int(make_inputs(s)[1].sum())
+
+
 def dense_flops(s: Sizes, conv: str) -> tuple[float, float]:
     """Analytic matmul FLOPs ``(fwd, fwd+bwd)`` of the dense GLOT path (see the module docstring)."""
     B, L, D, F, K = s.batch, s.max_len, s.dim, s.hidden, s.layers
-    N = B * L
+    N = real_tokens(s)
     U = D + K * F
     R = max(128, U // 2)
     graph = 2 * B * L * L * D
@@ -118,7 +133,7 @@ def dense_flops(s: Sizes, conv: str) -> tuple[float, float]:
             layers += 2 * N * F * F
         if conv == "gat":
             layers += 2 * 2 * N * F
-    readout = 2 * N * U * R + 2 * N * R + 2 * N * U
+    readout = 2 * N * U * R + 2 * N * R + 2 * B * L * U
     fwd = graph + layers + readout
     bwd = 2 * (layers + readout) - 2 * N * D * F
     return float(fwd), float(fwd + bwd)
@@ -133,8 +148,36 @@ def _rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+class UnderAutocast(torch.nn.Module):
+    """``pool`` whose forward runs under the trainer's autocast (what ``TrainConfig.precision="bf16"`` and the
+    encoder's ``precision`` do); backward runs outside it, as in training."""
+
+    def __init__(self, pool, precision: str = "bf16"):
+        super().__init__()
+        self.pool, self.precision = pool, precision
+
+    def forward(self, h, mask):
+        from glotpool.training.trainer import autocast
+
+        with autocast(h.device, self.precision):
+            return self.pool(h, mask)
+
+
+REFERENCE_ADAPTER = "glotpool_bench_adapter"
+_reference_path: list[str | None] = [None]
+
+
+def reference_available(path: str | None) -> str | None:
+    """None if the paper's snapshot at ``path`` can be benchmarked, else why not (printed; the row is skipped)."""
+    if not path:
+        return "no --reference-path given"
+    if not (Path(path).expanduser() / f"{REFERENCE_ADAPTER}.py").is_file():
+        return f"{path} has no {REFERENCE_ADAPTER}.py (see the module docstring)"
+    return None
+
+
 def _build(method: str, conv: str, tau: float, s: Sizes) -> torch.nn.Module:
-    """The pooler of ``method``; dense and per-sentence built from the same seed hold the same weights."""
+    """The pooler of ``method``; every GLOT method is built from the same seed and holds the same weights."""
     from glotpool import build_pooler
     from reference import PerSentenceGLOT
 
@@ -142,7 +185,34 @@ def _build(method: str, conv: str, tau: float, s: Sizes) -> torch.nn.Module:
     if method == "mean":
         return build_pooler("mean", in_dim=s.dim)
     dense = build_pooler("glot", in_dim=s.dim, hidden_dim=s.hidden, num_layers=s.layers, conv=conv, tau=tau)
-    return dense if method == "dense" else PerSentenceGLOT.from_dense(dense)
+    if method == "dense":
+        return dense
+    if method == "dense_bf16":
+        return UnderAutocast(dense, "bf16")
+    if method == "reference":
+        import importlib
+
+        sys.path.insert(0, str(Path(_reference_path[0]).expanduser()))
+        return importlib.import_module(REFERENCE_ADAPTER).from_dense(dense)
+    return PerSentenceGLOT.from_dense(dense)
+
+
+def gemm_peak(s: Sizes, device: str, dtype: torch.dtype, repeats: int = 5) -> float:
+    """GFLOP/s of one ``torch.matmul`` at the readout's shape ``[N_real, U] @ [U, R]`` (median of ``repeats``)."""
+    U = s.dim + s.layers * s.hidden
+    R = max(128, U // 2)
+    N = real_tokens(s)
+    a = torch.randn(N, U, device=device, dtype=dtype)
+    b = torch.randn(U, R, device=device, dtype=dtype)
+    a @ b
+    ts = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        ts.append(time.perf_counter() - t0)
+    return 2 * N * U * R / statistics.median(ts) / 1e9
 
 
 def _trainable(pool) -> bool:
@@ -225,7 +295,7 @@ def _fmt(x, spec=".1f"):
     return "-" if x is None else format(x, spec)
 
 
-def print_table(results: list[dict], s: Sizes, device: str) -> None:
+def print_table(results: list[dict], s: Sizes, device: str, peaks: dict | None = None) -> None:
     rows = [r for r in results if r["device"] == device]
     print(f"\n== device={device}  threads={rows[0]['threads']}  B={s.batch} L={s.max_len} "
           f"(real {s.min_len}..{s.max_len}) D={s.dim} K={s.layers} F={s.hidden} ==")
@@ -235,7 +305,7 @@ def print_table(results: list[dict], s: Sizes, device: str) -> None:
     print("-" * len(head))
     for r in rows:
         gf = gfb = None
-        if r["method"] == "dense":
+        if r["method"] in ("dense", "dense_bf16"):
             f, fb = dense_flops(s, r["conv"])
             gf, gfb = f / r["fwd_ms"] / 1e6, fb / r["fwd_bwd_ms"] / 1e6
         conv = "-" if r["method"] == "mean" else r["conv"]
@@ -243,16 +313,32 @@ def print_table(results: list[dict], s: Sizes, device: str) -> None:
         print(f"{conv:5} {tau:>4} {_fmt(r.get('edges_per_token')):>9} {r['method']:13} {_fmt(r['fwd_ms'], '.2f'):>9} "
               f"{_fmt(r['fwd_bwd_ms'], '.2f'):>9} {_fmt(r['peak_fwd_mib']):>12} {_fmt(r['peak_fwd_bwd_mib']):>12} "
               f"{_fmt(gf):>11} {_fmt(gfb):>11}")
-    print("\nspeed-up of dense over per-sentence (same run, same weights, same inputs):")
-    for r in rows:
-        if r["method"] != "dense":
-            continue
-        ref = next(x for x in rows if x["method"] == "per_sentence" and x["conv"] == r["conv"] and x["tau"] == r["tau"])
-        print(f"  {r['conv']:5} tau={r['tau']:.1f}:  fwd {ref['fwd_ms'] / r['fwd_ms']:6.2f}x   "
-              f"fwd+bwd {ref['fwd_bwd_ms'] / r['fwd_bwd_ms']:6.2f}x")
+    baselines = [b for b in ("reference", "per_sentence") if any(r["method"] == b for r in rows)]
+    ours = [m for m in ("dense", "dense_bf16") if any(r["method"] == m for r in rows)]
+    for base in baselines:
+        print(f"\nspeed-up over {base} (same run, interleaved, same weights, same inputs):")
+        for r in rows:
+            if r["method"] not in ours:
+                continue
+            ref = next(x for x in rows if x["method"] == base and x["conv"] == r["conv"] and x["tau"] == r["tau"])
+            print(f"  {r['method']:10} {r['conv']:5} tau={r['tau']:.1f}:  fwd {ref['fwd_ms'] / r['fwd_ms']:6.2f}x   "
+                  f"fwd+bwd {ref['fwd_bwd_ms'] / r['fwd_bwd_ms']:6.2f}x")
     for conv in sorted({r["conv"] for r in rows if r["method"] == "dense"}):
         f, fb = dense_flops(s, conv)
-        print(f"  dense {conv} matmul FLOPs (analytic): fwd {f / 1e9:.4g} GFLOP, fwd+bwd {fb / 1e9:.4g} GFLOP")
+        print(f"  dense {conv} matmul FLOPs (analytic, packed per-token products): fwd {f / 1e9:.4g} GFLOP, "
+              f"fwd+bwd {fb / 1e9:.4g} GFLOP")
+    if peaks:
+        print("\nFLOP floor (analytic FLOPs / peak GEMM GFLOP/s of one torch.matmul [N_real, U] @ [U, R]):")
+        for name, peak in peaks.items():
+            print(f"  peak {name}: {peak:.1f} GFLOP/s")
+        for r in rows:
+            peak = peaks.get("bf16" if r["method"] == "dense_bf16" else "fp32")
+            if r["method"] not in ours or peak is None:
+                continue
+            f, fb = dense_flops(s, r["conv"])
+            ff, ffb = f / peak / 1e6, fb / peak / 1e6
+            print(f"  {r['method']:10} {r['conv']:5} tau={r['tau']:.1f}:  floor fwd {ff:7.2f} ms ({r['fwd_ms'] / ff:5.2f}x "
+                  f"floor)   floor fwd+bwd {ffb:7.2f} ms ({r['fwd_bwd_ms'] / ffb:5.2f}x floor)")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -270,6 +356,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--dim", type=int)
     p.add_argument("--hidden", type=int)
     p.add_argument("--layers", type=int)
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="the dense_bf16 rows: auto = only where bf16 is native (cpu_has_bf16 or CUDA)")
+    p.add_argument("--reference-path", default=None,
+                   help="local snapshot of the paper's code holding glotpool_bench_adapter.py (skipped when absent)")
+    p.add_argument("--no-per-sentence", action="store_true", help="leave out the per-sentence stand-in")
     p.add_argument("--no-isolate", action="store_true",
                    help="run every CPU configuration in this process (faster start, no CPU memory numbers)")
     p.add_argument("--json", help="also write the raw results to this JSON file")
@@ -298,11 +389,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import reference  # noqa: F401
     from glotpool.io_utils import atomic_write_json
 
+    from glotpool.states.backbone import cpu_has_bf16
+
     print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
-          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores visible")
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_has_bf16()}, "
+          f"{os.cpu_count()} cores visible, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    why = reference_available(a.reference_path)
+    _reference_path[0] = a.reference_path
+    print("reference (paper's code): " + (f"skipped: {why}" if why else f"from {a.reference_path}"))
     results = []
     for device in devices:
-        configs = [("mean", "-", 0.0)] + [(m, c, t) for c in convs for t in taus for m in ("dense", "per_sentence")]
+        native = device.startswith("cuda") or cpu_has_bf16()
+        bf16 = a.bf16 == "on" or (a.bf16 == "auto" and native)
+        if a.bf16 == "auto" and not native:
+            print(f"dense_bf16 on {device}: skipped (no native bf16; --bf16 on forces it)")
+        methods = ["dense"] + (["dense_bf16"] if bf16 else []) + ([] if a.no_per_sentence else ["per_sentence"]) \
+            + ([] if why else ["reference"])
+        configs = [("mean", "-", 0.0)] + [(m, c, t) for c in convs for t in taus for m in methods]
         # 1. memory: CPU configurations in forked children (clean RSS high-water mark), before this process runs
         #    any torch op (forking after OpenMP work is unsafe); CUDA has resettable peak counters and must not fork
         rows = {}
@@ -321,11 +424,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows["mean", "-", 0.0].update(measure_times(["mean"], "-", 0.0, **tk)["mean"])
         for conv in convs:
             for tau in taus:
-                for method, t in measure_times(["dense", "per_sentence"], conv, tau, **tk).items():
+                for method, t in measure_times(methods, conv, tau, **tk).items():
                     rows[method, conv, tau].update(t)
                 print(f"  timed {device} {conv} tau={tau}", flush=True)
         results += list(rows.values())
-        print_table(results, s, device)
+        peaks = {"fp32": gemm_peak(s, device, torch.float32)}
+        if bf16:
+            peaks["bf16"] = gemm_peak(s, device, torch.bfloat16)
+        elif device == "cpu":  # evidence for the skip: what an emulated bf16 GEMM runs at here
+            print(f"  (emulated bf16 GEMM here: {gemm_peak(s, device, torch.bfloat16, repeats=1):.1f} GFLOP/s vs "
+                  f"fp32 {peaks['fp32']:.1f})")
+        for r in rows.values():
+            r["gemm_peak_gflops"] = peaks
+        print_table(results, s, device, peaks)
+        print(f"load average after {device}: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if a.json:
         atomic_write_json(a.json, {"sizes": asdict(s), "threads": a.threads, "repeats": repeats,
                                    "torch": torch.__version__, "results": results})
