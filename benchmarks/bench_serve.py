@@ -11,7 +11,8 @@ per client, ``POST /v1/embeddings``); every request has a timeout and the run a 
 
     (a) glotpool serve --model M                       dynamic batching (the defaults)
     (b) glotpool serve --model M --max-batch-requests 1  batching off: one request per backbone batch
-    (c) Encoder.encode of all the C=32 run's texts in one call (batch_size 64, in this process): the ceiling
+    (c) Encoder.encode of all the C=32 run's texts in one call (batch_size 64, in this process; run before and
+        after the servers, the faster counts): the ceiling
     (d) infinity_emb v2 on the same MiniLM folder (mean pooling), against (a) with M = minilm:mean
 
 Reported per server and C: texts/s (texts answered / wall time), p50 / p95 / p99 request latency, failed requests.
@@ -118,17 +119,44 @@ async def drive(url: str, model: str, work: list[list[list[str]]], timeout: floa
             "p50_s": pct(lat, 50), "p95_s": pct(lat, 95), "p99_s": pct(lat, 99), "failures": failures}
 
 
+def batch_metrics(base_url: str) -> dict | None:
+    """Batch counters from a glotpool server's /metrics (None for other servers)."""
+    import re
+
+    import httpx
+
+    try:
+        text = httpx.get(base_url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    names = {"batches": "glotpool_batch_size_count", "rows": "glotpool_batch_size_sum",
+             "tokens": "glotpool_batch_tokens_sum", "padded": "glotpool_batch_padded_tokens_sum"}
+    out = {}
+    for key, name in names.items():
+        m = re.search(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)
+        if m is None:
+            return None
+        out[key] = float(m.group(1))
+    return out
+
+
 def run_server_series(name, cmd, env, base_url, health_url, model, works, timeout, log_dir) -> dict:
     """Start a server, warm it up, drive every concurrency level against base_url + /v1/embeddings, stop it."""
     log = open(log_dir / f"{name}.log", "w")
     print(f"[{name}] starting: {' '.join(cmd)}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    out = {}
+    out = {"load_avg_1min_at_start": round(os.getloadavg()[0], 2)}
     try:
         wait_ready(health_url, proc)
         asyncio.run(drive(base_url, model, [[["a warm-up sentence ."] * 8] * 4] * 4, timeout))
         for c, work in works.items():
+            before = batch_metrics(base_url)
             res = asyncio.run(drive(base_url, model, work, timeout))
+            after = batch_metrics(base_url)
+            if before and after and after["batches"] > before["batches"]:  # glotpool's /metrics: how it batched
+                d = {k: after[k] - before[k] for k in after}
+                res.update(batches=int(d["batches"]), texts_per_batch=round(d["rows"] / d["batches"], 1),
+                           real_token_share=round(d["tokens"] / max(1.0, d["padded"]), 3))
             out[c] = res
             print(f"[{name}] C={c}: {res['texts_per_s']:.1f} texts/s, p50 {res['p50_s']:.3f} s, p99 "
                   f"{res['p99_s']:.3f} s, {res['failures']} failed", file=sys.stderr, flush=True)
@@ -160,9 +188,10 @@ def minilm_dir() -> Path:
 
 def fmt_row(label: str, r: dict | None) -> str:
     if not r:
-        return f"| {label} | - | - | - | - | - |"
+        return f"| {label} | - | - | - | - | - | - |"
+    batching = (f"{r['texts_per_batch']} / {100 * r['real_token_share']:.0f} %" if "texts_per_batch" in r else "-")
     return (f"| {label} | {r['texts_per_s']:.1f} | {r['p50_s']:.3f} | {r['p95_s']:.3f} | {r['p99_s']:.3f} | "
-            f"{r['failures']} |")
+            f"{r['failures']} | {batching} |")
 
 
 def main(argv=None) -> int:
@@ -203,6 +232,17 @@ def main(argv=None) -> int:
                "requests_per_client": {c: len(w[0]) for c, w in works.items()}, "runs": {}}
     glot = [str(VENV_BIN / "glotpool"), "serve", "--model", f"m={args.model}", "--host", "127.0.0.1",
             "--log-level", "warning", *threads]
+    texts_c = [t for client in works.get(32, next(iter(works.values()))) for req in client for t in req]
+    offline_runs = []
+
+    def run_offline():  # before and after the servers: the machine may be shared, the best is the ceiling
+        r = offline(args.model, texts_c)
+        r["load_avg_1min_at_start"] = round(os.getloadavg()[0], 2)
+        offline_runs.append(r)
+        print(f"[c] offline encode: {r['texts_per_s']:.1f} texts/s", file=sys.stderr, flush=True)
+
+    if "c" not in skip:
+        run_offline()
     for key, extra in (("a", []), ("b", ["--max-batch-requests", "1"])):
         if key in skip:
             continue
@@ -210,21 +250,24 @@ def main(argv=None) -> int:
         url = f"http://127.0.0.1:{port}"
         results["runs"][key] = run_server_series(key, glot + ["--port", str(port), *extra], env, url, url + "/health",
                                                  "m", works, args.timeout, log_dir)
-    if "c" not in skip:
-        texts = [t for client in works.get(32, next(iter(works.values()))) for req in client for t in req]
-        results["runs"]["c"] = offline(args.model, texts)
-        print(f"[c] offline encode: {results['runs']['c']['texts_per_s']:.1f} texts/s", file=sys.stderr)
     inf_bin = Path(args.infinity_venv) / "bin" / "infinity_emb"
     if "d" not in skip and inf_bin.is_file():
         port = free_port()
         cmd = [str(inf_bin), "v2", "--model-id", str(minilm_dir()), "--served-model-name", "minilm", "--engine",
                "torch", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--batch-size", "32",
                "--url-prefix", "/v1", "--no-model-warmup"]
-        url = f"http://127.0.0.1:{port}"  # --url-prefix /v1: /v1/embeddings and /v1/health
-        results["runs"]["d"] = run_server_series("d", cmd, env, url, url + "/v1/health", "minilm", works,
+        url = f"http://127.0.0.1:{port}"  # --url-prefix /v1: /v1/embeddings; /health stays at the root
+        inf_env = dict(env, DO_NOT_TRACK="1", INFINITY_ANONYMOUS_USAGE_STATS="0")
+        if args.threads:
+            inf_env["OMP_NUM_THREADS"] = str(args.threads)
+        results["runs"]["d"] = run_server_series("d", cmd, inf_env, url, url + "/health", "minilm", works,
                                                  args.timeout, log_dir)
     elif "d" not in skip:
         print(f"[d] skipped: no infinity_emb at {inf_bin}", file=sys.stderr)
+    if "c" not in skip:
+        run_offline()
+        best = max(offline_runs, key=lambda r: r["texts_per_s"])
+        results["runs"]["c"] = dict(best, runs_texts_per_s=[round(r["texts_per_s"], 1) for r in offline_runs])
 
     print(report(results))
     if args.out:
@@ -236,16 +279,20 @@ def report(results: dict) -> str:
     runs = results["runs"]
     lines = [f"model {results['model']}; {results['machine']}; torch threads {results['torch_threads']}; corpus "
              f"{results['corpus']}; requests per client {results['requests_per_client']}", "",
-             "| contender | C | texts/s | p50 s | p95 s | p99 s | failed |", "|---|---|---|---|---|---|---|"]
+             "| contender | C | texts/s | p50 s | p95 s | p99 s | failed | texts/batch / real tokens |",
+             "|---|---|---|---|---|---|---|---|"]
     names = {"a": "(a) glotpool serve, dynamic batching", "b": "(b) glotpool serve, --max-batch-requests 1",
              "d": "(d) infinity-emb (torch, batch 32)"}
     for key in ("a", "b", "d"):
         for c, r in (runs.get(key) or {}).items():
-            lines.append(fmt_row(f"{names[key]} | {c}", r))
+            if isinstance(r, dict):
+                lines.append(fmt_row(f"{names[key]} | {c}", r))
     if "c" in runs:
         c = runs["c"]
-        lines.append(f"| (c) offline Encoder.encode, one call (batch {c['batch_size']}) | - | {c['texts_per_s']:.1f} "
-                     f"| - | - | - | 0 |")
+        lines.append(f"| (c) offline Encoder.encode, one call (batch {c['batch_size']}; best of "
+                     f"{c['runs_texts_per_s']}) | - | {c['texts_per_s']:.1f} | - | - | - | 0 | - |")
+    loads = {k: v.get("load_avg_1min_at_start") for k, v in runs.items() if isinstance(v, dict)}
+    lines.append(f"\n1-minute load average when each contender started: {loads}")
     a32, b32, d32 = (runs.get(k, {}).get(32) for k in ("a", "b", "d"))
     lines.append("")
     if a32 and b32:
