@@ -1,6 +1,6 @@
 """Serving throughput and latency: ``glotpool serve`` with and without dynamic batching, offline encode, infinity-emb.
 
-    .venv/bin/python benchmarks/bench_serve.py                         # C = 1, 8, 32, 128; (a) (b) (c), (d) if found
+    .venv/bin/python benchmarks/bench_serve.py --threads 1             # C = 1, 8, 32, 128; (a) (b) (c), (d) if found
     .venv/bin/python benchmarks/bench_serve.py --infinity-venv /tmp/infinity-venv --out bench-serve.json
 
 Same machine, same model, loopback only (every server binds 127.0.0.1 on a free port and is stopped at the end).
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="minilm:mean", help="what (a) (b) (c) serve: BACKBONE:POOLER or an encoder "
                                                           "folder (default minilm:mean, comparable with infinity)")
     ap.add_argument("--concurrency", default="1,8,32,128")
-    ap.add_argument("--texts-per-level", type=int, default=1152,
+    ap.add_argument("--texts-per-level", type=int, default=300,
                     help="about this many texts per concurrency level: R = max(2, round(N / (4.5 C))) requests each")
     ap.add_argument("--data", default=None, help="Pang & Lee sentences.csv (default: data/ or tests/data/)")
     ap.add_argument("--seed", type=int, default=0)
