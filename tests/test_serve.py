@@ -59,8 +59,9 @@ class Server:
         self.name, self.port = name, _free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log = log_dir / f"{name}.log"
+        # float32: the reference is Encoder.encode's default (no autocast), whatever bf16 support the CPU has
         cmd = [sys.executable, "-m", "glotpool", "serve", "--host", HOST, "--port", str(self.port), "--threads", "1",
-               "--log-level", "info", *args]
+               "--dtype", "float32", "--log-level", "info", *args]
         full_env = {k: v for k, v in os.environ.items() if k != "GLOTPOOL_API_KEY"}
         full_env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
         self._log_f = open(self.log, "w")

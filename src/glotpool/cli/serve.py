@@ -41,8 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="return raw pooled vectors from /v1/embeddings (default: unit length, as OpenAI's)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16"],
-                   help="run the backbone under autocast in this dtype (as glotpool encode --dtype)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="run the backbone under autocast in this dtype, as glotpool encode --dtype: auto = bfloat16 "
+                        "on GPUs and on CPUs with AVX512-BF16/AMX, else the backbone's own dtype")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--no-backbone-check", action="store_true",
                    help="serve an encoder on a backbone that differs from the one it was trained on (at your risk)")

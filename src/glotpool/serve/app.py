@@ -62,7 +62,7 @@ class ServeSettings:
     auto_truncate: bool = False        # truncate over-long texts instead of 413
     retry_after_s: int = 1
     device: str = "auto"
-    dtype: str | None = None           # bfloat16 | float16: backbone under autocast (as glotpool encode --dtype)
+    dtype: str | None = None           # auto | bfloat16 | float16 | float32: backbone autocast (as encode --dtype)
     check_backbone: bool = True
     drain_timeout_s: float = 30.0
 
