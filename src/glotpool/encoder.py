@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from glotpool.states.backbone import DTYPES, PRESETS, Backbone, length_sorted_batches, load_backbone, resolve_dtype
-from glotpool.io_utils import atomic_dir, atomic_write_json
+from glotpool.io_utils import atomic_dir, atomic_write_json, dict_diff, rows_str
 from glotpool.pooling import Pooler, load_pooler
 from glotpool.training.heads import TaskHead
 from glotpool.training.trainer import autocast as pooler_autocast
@@ -39,27 +39,6 @@ FORMAT = "glotpool-encoder"
 FORMAT_VERSION = 1
 CONFIG_NAME = "encoder.json"
 _IGNORED_FINGERPRINT_KEYS = {"model"}  # a display name ("minilm", "local:<folder>"); the weights hash decides
-_SHOWN = 10
-
-
-def _rows(idx: Sequence[int], offset: int = 0) -> str:
-    shown = ", ".join(str(i + offset) for i in idx[:_SHOWN])
-    return shown + (f", ... ({len(idx) - _SHOWN} more)" if len(idx) > _SHOWN else "")
-
-
-def _diff(trained, found, prefix: str = "") -> list[str]:
-    """Readable differences between two nested JSON-like values (hashes shortened)."""
-    if isinstance(trained, dict) and isinstance(found, dict):
-        out = []
-        for k in sorted(set(trained) | set(found), key=str):
-            if not prefix and k in _IGNORED_FINGERPRINT_KEYS:
-                continue
-            out += _diff(trained.get(k), found.get(k), f"{prefix}{k}.")
-        return out
-    if trained == found:
-        return []
-    short = lambda v: v[:12] + "..." if isinstance(v, str) and len(v) == 64 else v  # noqa: E731  (sha256)
-    return [f"{prefix.rstrip('.')}: trained on {short(trained)!r}, found {short(found)!r}"]
 
 
 def _as_texts(texts, what: str = "texts") -> list[str]:
@@ -69,10 +48,10 @@ def _as_texts(texts, what: str = "texts") -> list[str]:
     texts = list(texts)
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
-        raise ValueError(f"{what} must be strings; index(es) {_rows(bad)} hold {type(texts[bad[0]]).__name__}")
+        raise ValueError(f"{what} must be strings; index(es) {rows_str(bad)} hold {type(texts[bad[0]]).__name__}")
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
-        raise ValueError(f"{what} at index(es) {_rows(empty)} are empty (or whitespace only): an empty text has no "
+        raise ValueError(f"{what} at index(es) {rows_str(empty)} are empty (or whitespace only): an empty text has no "
                          f"tokens to pool; drop them or replace them before encoding")
     return texts
 
@@ -184,7 +163,7 @@ class Encoder:
     @staticmethod
     def verify_backbone(trained: dict, backbone: Backbone, where: str = "this encoder") -> None:
         """ValueError naming every difference between a stored fingerprint and ``backbone``'s."""
-        diffs = _diff(trained, backbone.fingerprint())
+        diffs = dict_diff(trained, backbone.fingerprint(), "trained on", "found", ignore=_IGNORED_FINGERPRINT_KEYS)
         if diffs:
             raise ValueError(
                 f"{where} was trained on other backbone states than backbone {backbone.config.name_or_path!r} "
