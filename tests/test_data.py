@@ -386,3 +386,10 @@ def test_fetch_with_a_relative_data_dir_from_another_folder(tmp_path, monkeypatc
     (work / "data" / "pang-lee" / "MANIFEST.json").unlink()
     with pytest.raises(fetch.FetchError, match="retry with `glotpool fetch-data --data-dir data --only pang-lee`"):
         fetch.fetch_corpora("data", only="pang-lee")
+
+
+def test_jsonl_lists_and_objects_are_not_texts(tmp_path):
+    p = write(tmp_path / "x.jsonl", '{"text": "fine", "label": 1}\n{"text": ["a", "b"], "label": 0}\n'
+                                    '{"text": {"k": 1}, "label": 0}\n')
+    with pytest.raises(ValueError, match=r"x.jsonl: column 'text' holds a JSON list or object.*row\(s\) 2, 3"):
+        read_table(p, label_col="label")

@@ -94,6 +94,10 @@ def _columns_to_dataset(
         raise ValueError(f"{source}: no data rows")
 
     def texts_of(col: str) -> list[str]:
+        nested = [i + 1 for i, v in enumerate(cols[col]) if isinstance(v, (list, dict))]
+        if nested:  # JSON lists / objects: str() would train on their Python repr
+            raise ValueError(f"{source}: column {col!r} holds a JSON list or object, not a text, at row(s) "
+                             f"{rows_str(nested)}; flatten it to a string")
         vals = [("" if v is None else str(v)).strip() for v in cols[col]]
         empty = [i + 1 for i, v in enumerate(vals) if not v]
         if empty:
