@@ -88,3 +88,26 @@ def test_linear_head_reaches_the_dev_tuned_sklearn_probe_on_real_sentences(minil
     assert sig["best"] in rows and set(sig["tests"]) == set(rows) - {sig["best"]}
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "Δ vs best" in table and "mean + sklearn LR" in table
+
+
+def test_a_plateaued_dev_metric_stops_but_keeps_the_lowest_loss_tie():
+    """Patience counts epochs without a better dev metric; among tied epochs the lowest dev loss is kept."""
+    import torch
+
+    from glotpool.training.trainer import CachedSplit, CachedSplits, PoolerWithHead, fit
+
+    class Cache:  # fit only reads the train lengths
+        lengths = np.full(8, 3)
+
+    data = CachedSplits("single", {"train": CachedSplit(np.arange(8), None, np.zeros(8, dtype=np.int64)),
+                                   "dev": CachedSplit(np.arange(8), None, np.zeros(8, dtype=np.int64))}, ["a", "b"])
+    model = PoolerWithHead(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))
+    devs = iter([{"accuracy": 0.5, "loss": 1.0}, {"accuracy": 0.9, "loss": 0.8}] +
+                [{"accuracy": 0.9, "loss": 0.7 - 0.1 * i} for i in range(5)] + [{"accuracy": 0.9, "loss": 0.0}] * 50)
+    model.pooler.name = "toy"
+    cfg = TrainConfig(epochs=50, patience=3, show_progress=False)
+    best_epoch, history, _ = fit(model, Cache(), data, cfg, "accuracy", True,
+                                 lambda rows: model.head.weight.sum() * 0.0 + model.pooler.weight.sum() * 0.0,
+                                 lambda: next(devs), show_progress=False)
+    assert len(history) == 5  # best metric at epoch 2, then 3 tied epochs: stop
+    assert best_epoch == 5  # the last tie had the lowest dev loss

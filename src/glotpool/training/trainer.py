@@ -385,9 +385,15 @@ def fit(model: PoolerWithHead, cache: TokenCache, data: CachedSplits, cfg: Train
         history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                         "seconds": epoch_seconds, **{f"dev_{k}": v for k, v in dev.items()}})
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", **{f"dev_{metric}": f"{dev[metric]:.4f}"})
-        if _is_better(dev[metric], best, higher, dev.get("loss"), best_loss) or best_state is None:
-            best, best_loss, best_epoch, bad_epochs = dev[metric], dev.get("loss"), epoch, 0
+        improved = _is_better(dev[metric], best, higher) or best_state is None  # the metric itself moved
+        if improved or _is_better(dev[metric], best, higher, dev.get("loss"), best_loss):
+            # a tie with a lower dev loss is the better checkpoint, but not progress: patience counts epochs
+            # without a better dev *metric*, so a run plateaued at its best score still stops
+            best, best_loss, best_epoch = dev[metric], dev.get("loss"), epoch
+            bad_epochs = 0 if improved else bad_epochs + 1
             best_state = copy.deepcopy(model.state_dict())
+            if not improved and cfg.patience and bad_epochs >= cfg.patience:
+                break
         else:
             bad_epochs += 1
             if cfg.patience and bad_epochs >= cfg.patience:
