@@ -8,12 +8,18 @@ One small class per pooler, each with a config dataclass, registered by name::
     z, w = pool(hidden_states, attention_mask, return_weights=True)  # w [B, L]: each token's share of z
     pool.save_pretrained("dir"); load_pooler("dir")                  # config.json + model.safetensors
 
+    pool = build_pooler("mean", in_dim=576, layer_mix=4)            # K = 4 hidden layers, learned ELMo scalar mix
+    z = pool(hidden_states, attention_mask)                          # hidden_states [B, L, 4, 576]
+
 Every pooler
 
 * accepts left- or right-padded batches (it only looks at the mask),
 * never modifies its inputs,
 * is invariant to padding (values at padding positions, even NaN, never reach ``z``),
-* raises :class:`ValueError` with a specific message for malformed input.
+* raises :class:`ValueError` with a specific message for malformed input,
+* takes the option ``layer_mix=K`` (default 1): with ``K >= 2`` its input is ``H [B, L, K, D]``, K hidden layers of
+  the backbone, mixed to ``[B, L, D]`` by a learned :class:`~glotpool.pooling.layer_mix.ScalarMix` (K + 1
+  parameters, ``state_dict`` prefix ``layer_mix.``) before the pooler proper runs; ``K = 1`` is the plain pooler.
 
 The concrete poolers live in :mod:`~glotpool.pooling.baselines`, :mod:`~glotpool.pooling.attention` and
 :mod:`~glotpool.pooling.glot`; the package ``__init__`` imports all of them, so the registry is complete whenever
@@ -30,6 +36,7 @@ import torch
 from torch import Tensor
 
 from glotpool.configured import ConfiguredModule
+from glotpool.pooling.layer_mix import ScalarMix
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -54,15 +61,22 @@ def register_pooler(name: str):
 # input checking
 
 
-def check_inputs(hidden_states: Tensor, attention_mask: Tensor | None, in_dim: int) -> tuple[Tensor, Tensor]:
+def check_inputs(hidden_states: Tensor, attention_mask: Tensor | None, in_dim: int,
+                 layer_mix: int = 1) -> tuple[Tensor, Tensor]:
     """Validate a batch and return ``(h, mask)`` with ``mask`` bool and padding positions of ``h`` set to 0.
 
-    ``h`` is a new tensor (the caller's is never written to).
+    ``hidden_states`` is ``[B, L, D]``, or ``[B, L, K, D]`` for a pooler built with ``layer_mix=K >= 2`` (K hidden
+    layers; padding is zeroed in every layer, and NaN/Inf is refused at a real token of any layer). ``h`` is a new
+    tensor (the caller's is never written to).
     """
     if not isinstance(hidden_states, Tensor):
         raise ValueError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
+    if layer_mix > 1:
+        return _check_layers(hidden_states, attention_mask, in_dim, layer_mix)
     if hidden_states.dim() != 3:
-        hint = " (a single sentence? use hidden_states.unsqueeze(0))" if hidden_states.dim() == 2 else ""
+        hint = {2: " (a single sentence? use hidden_states.unsqueeze(0))",
+                4: " (K hidden layers? this pooler has layer_mix=1; build it with layer_mix=K)"}
+        hint = hint.get(hidden_states.dim(), "")
         raise ValueError(f"hidden_states must have shape [B, L, D], got rank {hidden_states.dim()} "
                          f"shape {tuple(hidden_states.shape)}{hint}")
     if not hidden_states.is_floating_point():
@@ -100,6 +114,23 @@ def check_inputs(hidden_states: Tensor, attention_mask: Tensor | None, in_dim: i
     h = torch.where(mask.unsqueeze(-1), hidden_states, torch.zeros((), dtype=hidden_states.dtype,
                                                                    device=hidden_states.device))
     return h, mask
+
+
+def _check_layers(hidden_states: Tensor, attention_mask: Tensor | None, in_dim: int,
+                  layer_mix: int) -> tuple[Tensor, Tensor]:
+    """:func:`check_inputs` for ``[B, L, K, D]``: the layer axis is checked here, the rest on ``[B, L, K·D]``."""
+    shape = tuple(hidden_states.shape)
+    if hidden_states.dim() != 4 or shape[2] != layer_mix:
+        hint = (" (one layer? pass all K layers stacked on dim 2, or build the pooler with layer_mix=1)"
+                if hidden_states.dim() == 3 else "")
+        raise ValueError(f"this pooler was built with layer_mix={layer_mix}: hidden_states must have shape "
+                         f"[B, L, K, D] = [B, L, {layer_mix}, {in_dim}], got shape {shape}{hint}")
+    B, L, K, D = shape
+    if D != in_dim:
+        raise ValueError(f"hidden_states has feature size D={D} but this pooler was built with in_dim={in_dim}; "
+                         f"build it with in_dim={D} (the backbone's hidden size)")
+    h, mask = check_inputs(hidden_states.reshape(B, L, K * D), attention_mask, K * D)
+    return h.view(B, L, K, D), mask
 
 
 def at_least_fp32(t: Tensor) -> Tensor:
@@ -147,10 +178,15 @@ def _last_real_index(mask: Tensor) -> Tensor:
 @dataclass
 class PoolerConfig:
     in_dim: int
+    layer_mix: int = 1  # K: hidden layers per token, mixed by a learned ScalarMix (1 = input [B, L, D], no mix)
 
 
 class Pooler(ConfiguredModule):
-    """Base class. Subclasses set ``Config``, implement ``_pool`` and ``out_dim``."""
+    """Base class. Subclasses set ``Config``, implement ``_pool`` and ``out_dim``.
+
+    ``forward`` checks the batch, mixes the layers (``layer_mix >= 2``) and calls ``_pool(h [B, L, D], mask)``,
+    through :meth:`_pool_layers`, the one hook a pooler overrides to see the unmixed layers (GLOT's graph layer).
+    """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "pooler"
@@ -161,6 +197,8 @@ class Pooler(ConfiguredModule):
         if not isinstance(in_dim, int) or isinstance(in_dim, bool) or in_dim < 1:
             raise ValueError(f"in_dim must be a positive int (the backbone's hidden size), got {in_dim!r}")
         self._configure(self.name, in_dim=in_dim, **options)
+        K = self.config.layer_mix
+        self.layer_mix = ScalarMix(K) if K > 1 else None  # K = 1: no module, the plain pooler's state_dict
 
     @property
     def in_dim(self) -> int:
@@ -173,17 +211,34 @@ class Pooler(ConfiguredModule):
     def _pool(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def _pool_layers(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``h`` as checked (``[B, L, D]``, or ``[B, L, K, D]`` with padding zeroed in every layer) → ``_pool``."""
+        return self._pool(self.mix(h), mask)
+
+    def mix(self, h: Tensor) -> Tensor:
+        """``h [B, L, K, D]`` → ``γ · Σ_k softmax(s)_k h[:, :, k]`` ``[B, L, D]``; ``h`` itself for ``layer_mix=1``."""
+        return h if self.layer_mix is None else self.layer_mix(h)
+
+    def layer_mix_weights(self) -> dict | None:
+        """The learned layer mix, ``{"weights": [K floats] (softmax(s), sums to 1), "gamma": γ}``; None for
+        ``layer_mix=1``."""
+        if self.layer_mix is None:
+            return None
+        with torch.no_grad():
+            return {"weights": self.layer_mix.weights().tolist(), "gamma": float(self.layer_mix.gamma)}
+
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None,
                 return_weights: bool = False):
-        """``hidden_states [B, L, D]``, ``attention_mask [B, L]`` (1 = real token; None = all real).
+        """``hidden_states [B, L, D]`` (``[B, L, K, D]`` with ``layer_mix=K >= 2``), ``attention_mask [B, L]``
+        (1 = real token; None = all real).
 
         Returns ``z [B, out_dim]``, or ``(z, weights [B, L])`` with ``return_weights=True``.
         """
-        h, mask = check_inputs(hidden_states, attention_mask, self.in_dim)
+        h, mask = check_inputs(hidden_states, attention_mask, self.in_dim, self.config.layer_mix)
         param = next(self.parameters(), None)
         if param is not None and h.dtype != param.dtype:
             h = h.to(param.dtype)
-        z, weights = self._pool(h, mask)
+        z, weights = self._pool_layers(h, mask)
         return (z, weights) if return_weights else z
 
     def num_trainable_parameters(self) -> int:

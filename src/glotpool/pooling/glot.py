@@ -34,7 +34,10 @@ class GLOTConfig(PoolerConfig):
     sparse_min_length: int = 1024
     chunk_size: int = 1024  # query rows per step of the sparse neighbour search: memory O(chunk_size * L)
     max_degree: int | None = None  # threshold rule: keep each token's max_degree most similar (both paths)
+    # layer_mix=K >= 2: the layer (0..K-1, negative from the last) whose states build the graph; None = the mix
+    graph_layer: int | None = None
 
+    RANGES = {"graph_layer": (None, None, False)}  # any int; checked against layer_mix by GLOTPooling
 
 
 @register_pooler("glot")
@@ -49,6 +52,11 @@ class GLOTPooling(Pooler):
     tensor (:mod:`glotpool.pooling.sparse`): chunked neighbour search → batched ``edge_index`` → message passing with these
     same parameters. Memory grows ~linearly in L for ``knn`` (and ``threshold`` with ``max_degree``); a low
     ``tau`` without ``max_degree`` can still give O(L²) edges.
+
+    ``layer_mix=K >= 2`` (input ``H [B, L, K, D]``): the GNN and the readout run on the learned mix of the K layers
+    (:class:`~glotpool.pooling.layer_mix.ScalarMix`); the graph is built from layer ``graph_layer`` of ``H``
+    (``H[:, :, graph_layer]``), or from the mix itself with ``graph_layer=None``, on both paths. A graph from the
+    mix moves as the mix trains; ``calibrate_tau`` sees the mix at the time it is called.
     """
 
     Config = GLOTConfig
@@ -95,6 +103,13 @@ class GLOTPooling(Pooler):
                                  "use tau (leave target_density=None)")
             if "tau" not in options:
                 c.tau = None  # not calibrated yet: forward refuses until calibrate_tau() runs
+        if c.graph_layer is not None:
+            if c.layer_mix == 1:
+                raise ValueError(f"graph_layer={c.graph_layer} picks one of the layer_mix hidden layers for the "
+                                 "graph, but layer_mix=1 (one layer): leave graph_layer=None or set layer_mix=K")
+            if not -c.layer_mix <= c.graph_layer < c.layer_mix:
+                raise ValueError(f"graph_layer={c.graph_layer} is out of range for layer_mix={c.layer_mix}: use "
+                                 f"0..{c.layer_mix - 1}, or -{c.layer_mix}..-1 counted from the last layer")
         self.gnn = TokenGNN(in_dim, c.hidden_dim, c.num_layers, c.conv, c.jk, c.dropout)
         self.readout = AttentionReadout(self.gnn.out_dim, c.readout_hidden)
 
@@ -118,13 +133,30 @@ class GLOTPooling(Pooler):
         c = self.config
         if c.target_density is None:
             raise ValueError("calibrate_tau needs target_density (e.g. build_pooler('glot', target_density=0.05))")
-        h, mask = check_inputs(hidden_states, attention_mask, self.in_dim)
-        c.tau = round(tau_for_density(h, mask, c.target_density, c.center), 4)
+        h, mask = check_inputs(hidden_states, attention_mask, self.in_dim, c.layer_mix)
+        c.tau = round(tau_for_density(self.graph_states(h), mask, c.target_density, c.center), 4)
         return c.tau
 
+    def graph_states(self, h: Tensor, mixed: Tensor | None = None) -> Tensor:
+        """The token states ``[B, L, D]`` the graph is built from, for a checked batch: ``h [B, L, D]`` itself;
+        ``h [B, L, K, D]`` (``layer_mix=K``): ``h[:, :, graph_layer]``, or with ``graph_layer=None`` the mix
+        ``self.mix(h)`` (``mixed``: that mix, when the caller has it already)."""
+        K = self.config.layer_mix
+        if h.dim() == 3:
+            return h
+        if K == 1 or h.dim() != 4 or h.shape[2] != K:
+            raise ValueError(f"graph states: expected [B, L, D] or [B, L, K, D] with K = layer_mix = {K}, got "
+                             f"shape {tuple(h.shape)}")
+        if self.config.graph_layer is not None:
+            return h[:, :, self.config.graph_layer]
+        return self.mix(h) if mixed is None else mixed
+
+    @torch.no_grad()
     def build_graph(self, h: Tensor, mask: Tensor) -> Tensor:
-        """The token graph ``A [B, L, L]`` this pooler uses for a (validated) batch."""
+        """The token graph ``A [B, L, L]`` this pooler uses for a (validated) batch: ``h [B, L, D]``, or
+        ``[B, L, K, D]`` (``layer_mix=K``; built from :meth:`graph_states`)."""
         c = self.config
+        h = self.graph_states(h)
         if c.graph == "threshold" and c.tau is None:
             raise ValueError(f"tau is not calibrated (target_density={c.target_density}): call "
                              "pooler.calibrate_tau(train_states, train_mask) before pooling")
@@ -132,10 +164,12 @@ class GLOTPooling(Pooler):
             return edge_index_to_dense(self.build_edge_index(h, mask), mask, dtype=h.dtype)
         return build_graph(h, mask, c.graph, tau=c.tau, k=c.k, center=c.center, temperature=c.temperature)
 
+    @torch.no_grad()
     def build_edge_index(self, h: Tensor, mask: Tensor) -> Tensor:
         """The same graph as :meth:`build_graph` as ``edge_index [2, E]`` over the packed real tokens
         (:func:`glotpool.pooling.sparse.pack`), built in chunks of ``chunk_size`` query rows (no ``L × L`` tensor)."""
         c = self.config
+        h = self.graph_states(h)
         if c.graph == "threshold" and c.tau is None:
             raise ValueError(f"tau is not calibrated (target_density={c.target_density}): call "
                              "pooler.calibrate_tau(train_states, train_mask) before pooling")
@@ -145,16 +179,23 @@ class GLOTPooling(Pooler):
     @torch.no_grad()
     def edges_per_token(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Mean neighbours per real token (self-loop included) of each sentence's graph: ``[B]``."""
-        h, mask = check_inputs(hidden_states, attention_mask, self.in_dim)
+        h, mask = check_inputs(hidden_states, attention_mask, self.in_dim, self.config.layer_mix)
+        h = self.graph_states(h)
         if self.uses_sparse(h.shape[1]):
             _, batch = pack(h, mask)
             edges = edges_per_graph(self.build_edge_index(h, mask), batch, h.shape[0])
             return edges.to(h.dtype) / mask.sum(1).clamp_min(1).to(h.dtype)
         return edges_per_token(self.build_graph(h, mask), mask)
 
-    def _pool(self, h, mask):
+    def _pool_layers(self, h, mask):
+        x = self.mix(h)
+        return self._pool(x, mask, graph_states=self.graph_states(h, mixed=x))
+
+    def _pool(self, h, mask, graph_states: Tensor | None = None):
+        """GNN and readout on ``h [B, L, D]``; the graph from ``graph_states [B, L, D]`` (default ``h``)."""
+        g = h if graph_states is None else graph_states
         if self.uses_sparse(h.shape[1]):
-            return sparse_glot(self.gnn, self.readout, h, mask, self.build_edge_index(h, mask))
-        adj = self.build_graph(h, mask)
+            return sparse_glot(self.gnn, self.readout, h, mask, self.build_edge_index(g, mask))
+        adj = self.build_graph(g, mask)
         u = self.gnn(h, adj, mask)
         return self.readout(u, mask)
