@@ -8,8 +8,9 @@
 
 Folder layout (written atomically as a whole)::
 
-    encoder.json   backbone reference (name_or_path / preset, revision, gguf_file, layer, max_length, dtype,
-                   padding side, hidden size, weights sha256 + the backbone's full fingerprint), task metadata
+    encoder.json   backbone reference (name_or_path / preset, revision, gguf_file, layer / layers, prompt,
+                   max_length, dtype, padding side, hidden size, weights sha256 + the backbone's full fingerprint),
+                   the states selection the pooler was trained on ("states": {"layers", "tokens"}), task metadata
     labels.json    {"task_type", "label_names", "score_range"} (the same file train_pooler writes in best/)
     pooler/        Pooler.save_pretrained
     head/          TaskHead.save_pretrained (only when there is a head)
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from glotpool.states.backbone import DTYPES, PRESETS, Backbone, length_sorted_batches, load_backbone, resolve_dtype
+from glotpool.states.selection import check_tokens, layer_positions, select_states
 from glotpool.io_utils import atomic_dir, atomic_write_json, dict_diff, rows_str
 from glotpool.pooling import Pooler, load_pooler
 from glotpool.training.heads import TaskHead
@@ -70,12 +72,15 @@ class Encoder:
     """Frozen backbone + trained pooler (+ optional task head): texts -> vectors / labels / similarities.
 
     ``encode(texts)`` equals ``pooler(*backbone.encode(texts))`` (up to float noise from batch padding), computed in
-    length-sorted batches and returned in input order.
+    length-sorted batches and returned in input order. With a backbone ``prompt`` / ``layers``, the pooler gets the
+    states selection it was trained on: ``layers`` and ``tokens`` are what training passed to
+    :meth:`TokenCache.batch` (``layers``: None = every layer the backbone returns, an int hidden_states index, or a
+    tuple of them; ``tokens``: "all" or "text"), applied by the same :func:`~glotpool.states.selection.select_states`.
     """
 
     def __init__(self, backbone: Backbone, pooler: Pooler, head: TaskHead | None = None,
                  label_names: list[str] | None = None, task_type: str | None = None, score_range=None,
-                 training: dict | None = None):
+                 training: dict | None = None, *, layers=None, tokens: str = "all"):
         if pooler.in_dim != backbone.dim:
             raise ValueError(f"the pooler expects states of size {pooler.in_dim} but backbone "
                              f"{backbone.config.name_or_path!r} has hidden size {backbone.dim}; use the backbone "
@@ -90,6 +95,9 @@ class Encoder:
             n = getattr(head.config, "num_labels", None)
             if label_names is not None and n is not None and len(label_names) != n:
                 raise ValueError(f"{len(label_names)} label names for a head with {n} classes")
+        layer_positions(backbone.layers, layers, backbone.num_layers)  # fail now for a layer the backbone lacks
+        self.layers = list(layers) if isinstance(layers, tuple) else layers  # JSON-shaped (what encoder.json holds)
+        self.tokens = check_tokens(tokens)
         self.backbone = backbone
         self.pooler = pooler.to(backbone.device).eval()
         self.head = head.to(backbone.device).eval() if head is not None else None
@@ -133,7 +141,8 @@ class Encoder:
             hub_id, hub_revision = name, c.revision or fp.get("revision")
         return {"name_or_path": preset or hub_id or local_path or name, "preset": preset, "hub_id": hub_id,
                 "hub_revision": hub_revision, "local_path": local_path, "revision": c.revision,
-                "gguf_file": c.gguf_file, "layer": c.layer, "max_length": c.max_length, "dtype": c.dtype,
+                "gguf_file": c.gguf_file, "layer": c.layer, "layers": _json_layers(c.layers), "prompt": c.prompt,
+                "max_length": c.max_length, "dtype": c.dtype,
                 "padding_side": c.padding_side, "hidden_size": self.backbone.dim,
                 "weights_sha256": fp.get("weights_sha256"), "fingerprint": fp}
 
@@ -148,7 +157,7 @@ class Encoder:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "glotpool_version": __version__,
                 "backbone": self.backbone_reference(), "pooler": self.pooler.name, "dim": self.dim,
                 "head": self.head.task_type if self.head is not None else None, "training": self.training,
-                **labels}
+                "states": {"layers": self.layers, "tokens": self.tokens}, **labels}
         with atomic_dir(path, CONFIG_NAME, overwrite, "glotpool encoder folder") as tmp:
             self.pooler.save_pretrained(tmp / "pooler")
             if self.head is not None:
@@ -229,12 +238,17 @@ class Encoder:
             cls.verify_backbone(trained, backbone, where=where)
         pooler = load_pooler(path / "pooler", map_location="cpu")
         head = TaskHead.from_pretrained(path / "head") if (path / "head").is_dir() else None
+        states = meta.get("states") or {}  # absent in folders saved before multi-layer states: the defaults
         return cls(backbone, pooler, head, label_names=meta.get("label_names"), task_type=meta.get("task_type"),
-                   score_range=meta.get("score_range"), training=meta.get("training"))
+                   score_range=meta.get("score_range"), training=meta.get("training"),
+                   layers=states.get("layers"), tokens=states.get("tokens", "all"))
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, backbone: Backbone, check_backbone: bool = True) -> "Encoder":
+    def from_run(cls, run_dir: str | os.PathLike, backbone: Backbone, check_backbone: bool = True, *, layers=None,
+                 tokens: str = "all") -> "Encoder":
         """Encoder from a ``train_pooler`` out_dir (its ``best/`` holds pooler/, head/, labels.json).
+
+        ``layers`` / ``tokens``: the states selection the run trained on (what it passed to ``TokenCache.batch``).
 
         The backbone is checked against the fingerprint of the cache the run trained on, when it can be found
         (``results.json`` -> the cache's ``index.json``).
@@ -252,7 +266,8 @@ class Encoder:
         pooler = load_pooler(best / "pooler", map_location="cpu")
         head = TaskHead.from_pretrained(best / "head") if (best / "head").is_dir() else None
         return cls(backbone, pooler, head, label_names=labels.get("label_names"), task_type=labels.get("task_type"),
-                   score_range=labels.get("score_range"), training=_run_training(best.parent))
+                   score_range=labels.get("score_range"), training=_run_training(best.parent), layers=layers,
+                   tokens=tokens)
 
     # --- inference -----------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str], truncation: bool = True):
@@ -261,9 +276,7 @@ class Encoder:
         ``truncation=False`` keeps every token (to measure a text against ``max_length``); a text within
         ``max_length`` tokenizes the same either way.
         """
-        if truncation:
-            return self.backbone.tokenize(texts, padding=False, return_tensors=None)
-        return self.backbone.tokenizer(list(texts), padding=False, truncation=False, verbose=False)
+        return self.backbone.tokenize(texts, padding=False, return_tensors=None, truncation=truncation)
 
     def embed_features(self, features: list[dict], dtype=None) -> torch.Tensor:
         """One batch of tokenized texts (per text a dict of token lists, rows of :meth:`tokenize`) -> ``Z [B, dim]``.
@@ -274,10 +287,12 @@ class Encoder:
         bb = self.backbone
         dtype = _as_dtype(dtype, bb.device)
         autocast = dtype is not None and dtype != next(bb.model.parameters()).dtype
-        batch = bb.tokenizer.pad(features, padding=True, return_tensors="pt")
+        batch = bb.pad(features)
         with torch.inference_mode():
             with torch.autocast(bb.device.type, dtype=dtype, enabled=autocast):
                 h, mask = bb.forward_batch(batch)
+            h, mask = select_states(h, mask, batch.get("text_mask"), bb.layers, self.layers, self.tokens,
+                                    num_layers=bb.num_layers)
             # the pooler: fp32 master weights, under the same autocast the trainer uses (self.precision)
             with pooler_autocast(bb.device, self.precision):
                 return self.pooler(h, mask).float().cpu()
@@ -415,8 +430,7 @@ class Encoder:
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         max_len = self.backbone.config.max_length
-        lengths = ([len(ids) for ids in self.backbone.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
-                   if texts else [])
+        lengths = [len(ids) for ids in self.tokenize(texts, truncation=False)["input_ids"]] if texts else []
         over = [i for i, n in enumerate(lengths) if n > max_len]
         return {"n": len(texts), "max_length": max_len, "truncated": len(over), "indices": over,
                 "longest": max(lengths, default=0)}
@@ -462,10 +476,22 @@ def _backbone_candidates(ref: dict) -> list[tuple[str, str, dict]]:
     return out
 
 
+def _json_layers(layers):
+    return list(layers) if isinstance(layers, tuple) else layers
+
+
+def backbone_kwargs(ref: dict) -> dict:
+    """``load_backbone`` keyword arguments that rebuild the states of an ``encoder.json`` backbone reference
+    (folders saved before prompts / multi-layer states have neither: a raw, single-layer backbone)."""
+    layers = ref.get("layers")
+    return dict(layer=ref["layer"], layers=tuple(layers) if isinstance(layers, list) else layers,
+                prompt=ref.get("prompt"), max_length=ref["max_length"], dtype=ref["dtype"],
+                padding_side=ref["padding_side"], gguf_file=ref["gguf_file"])
+
+
 def _find_backbone(ref: dict, trained: dict | None, device: str, where: str) -> Backbone:
     """The first candidate of :func:`_backbone_candidates` that loads (and, with ``trained``, matches it)."""
-    kw = dict(layer=ref["layer"], max_length=ref["max_length"], dtype=ref["dtype"], padding_side=ref["padding_side"],
-              gguf_file=ref["gguf_file"], device=device)
+    kw = dict(backbone_kwargs(ref), device=device)
     failures, mismatch = [], None
     candidates = _backbone_candidates(ref)
     for label, target, extra in candidates:
@@ -520,4 +546,4 @@ def _run_backbone_fingerprint(run_dir: Path) -> dict | None:
         return None
 
 
-__all__ = ["Encoder"]
+__all__ = ["Encoder", "backbone_kwargs"]

@@ -42,6 +42,39 @@ def task_source(args: argparse.Namespace):
                       data_seed=getattr(args, "data_seed", 0))
 
 
+def layers_arg(text: str):
+    """``--layers``: ``all`` or comma-separated hidden_states indices (``-1,-4,-8``) -> "all" | tuple of ints."""
+    text = text.strip()
+    if text.lower() == "all":
+        return "all"
+    items = [x.strip() for x in text.split(",")]
+    try:
+        if not text or any(not x for x in items):
+            raise ValueError
+        return tuple(int(x) for x in items)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or comma-separated hidden_states indices such as "
+                                         f"-1,-4,-8 (0 = embeddings, -1 = last layer), got {text!r}") from None
+
+
+def add_backbone_state_args(p: argparse.ArgumentParser) -> None:
+    """``--prompt`` and ``--layers``: which states the backbone returns (pass them on with
+    :func:`backbone_state_kwargs`)."""
+    from glotpool.states.prompts import PROMPTS
+
+    p.add_argument("--prompt", default=None, metavar="NAME_OR_TEMPLATE",
+                   help=f"wrap every text in a prompt: a preset ({', '.join(sorted(PROMPTS))}) or a template with "
+                        "{text} once or twice (the last copy is the text that --tokens text pools)")
+    p.add_argument("--layers", type=layers_arg, default=None, metavar="all|I,J,...",
+                   help="several hidden layers from one forward pass (e.g. -1,-4,-8, or all = 0..num_layers); "
+                        "replaces --layer")
+
+
+def backbone_state_kwargs(args: argparse.Namespace) -> dict:
+    """``load_backbone`` keyword arguments from :func:`add_backbone_state_args`' flags."""
+    return {"prompt": getattr(args, "prompt", None), "layers": getattr(args, "layers", None)}
+
+
 def add_cache_args(p: argparse.ArgumentParser) -> None:
     """What `glotpool cache` and `glotpool dist cache|merge` take: the data file, backbone and cache settings."""
     from glotpool.states.backbone import DTYPE_CHOICES
@@ -53,6 +86,7 @@ def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-col", default="text", help="text column")
     p.add_argument("--text-col-2", default=None, help="second text column of pair data (cached too)")
     p.add_argument("--layer", type=int, default=-1, help="hidden layer (0 = embeddings, -1 = last)")
+    add_backbone_state_args(p)
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="float16", choices=sorted(STORE_DTYPES), help="storage dtype")

@@ -1,7 +1,9 @@
 """Frozen backbone: a pretrained language model that turns texts into per-token hidden states.
 
 The backbone is never trained here: weights are frozen (``requires_grad=False``), the module stays in ``eval()``
-and every forward runs under ``torch.inference_mode``. GLOT pools the states ``H [B, L, D]`` of one chosen layer.
+and every forward runs under ``torch.inference_mode``. GLOT pools the states ``H [B, L, D]`` of one chosen layer;
+``layers=(i, j, ...)`` returns several from one forward pass, ``H [B, L, K, D]``. A ``prompt`` template (see
+:mod:`glotpool.states.prompts`) wraps every text; the tokens of the text inside it form the *text mask*.
 
 Presets (offline pip packages, no hub access needed):
 
@@ -27,6 +29,8 @@ from typing import Iterator, Sequence
 import torch
 
 from glotpool.io_utils import atomic_dir, atomic_write_json, sha256_file
+from glotpool.states.prompts import SLOT, fill_prompt, resolve_prompt
+from glotpool.states.selection import absolute_layer, absolute_layers
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)  # what BackboneConfig.dtype / --backbone-dtype take; "auto" -> resolve_dtype
@@ -98,8 +102,20 @@ class BackboneConfig:
     padding_side: str | None = None   # None = tokenizer default; "left" | "right"
     gguf_file: str | None = None      # GGUF file name inside name_or_path (converted once to an HF folder)
     revision: str | None = None       # hub revision (branch, tag or commit)
+    prompt: str | None = None         # template with {text} (or a preset name: prompteol, echo); None = raw texts
+    layers: tuple[int, ...] | str | None = None  # several hidden_states indices (or "all"); None = the one `layer`
 
     def __post_init__(self):
+        self.prompt = resolve_prompt(self.prompt)  # the config always holds the template itself
+        if isinstance(self.layers, list):          # e.g. read back from JSON
+            self.layers = tuple(self.layers)
+        if self.layers is not None:
+            if not (self.layers == "all" or isinstance(self.layers, tuple) and self.layers):
+                raise ValueError(f"layers must be None, 'all' or a non-empty tuple of hidden_states indices, got "
+                                 f"{self.layers!r}")
+            if self.layer != -1:
+                raise ValueError(f"give either layer ({self.layer}) or layers ({self.layers!r}), not both: layers "
+                                 f"replaces layer (put {self.layer} into layers)")
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"dtype must be one of {list(DTYPE_CHOICES)}, got {self.dtype!r}")
         if self.padding_side not in (None, "left", "right"):
@@ -255,15 +271,100 @@ class Backbone:
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
 
-    def tokenize(self, texts, padding: bool | str = True, return_tensors: str | None = "pt"):
-        """Tokenize strings, or (a, b) pairs for a cross-encoder, truncating at ``max_length``."""
+    @property
+    def prompt(self) -> str | None:
+        """The prompt template (``{text}`` marks the text), or None."""
+        return self.config.prompt
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Absolute hidden_states indices the forward returns (0 = embeddings .. num_layers = the last layer)."""
+        if self.config.layers is None:
+            return (absolute_layer(self.config.layer, self.num_layers),)
+        return absolute_layers(self.config.layers, self.num_layers)
+
+    def tokenize(self, texts, padding: bool | str = True, return_tensors: str | None = "pt", truncation: bool = True):
+        """Tokenize strings, or (a, b) pairs for a cross-encoder, truncating at ``max_length``.
+
+        With a prompt every text is wrapped by :func:`fill_prompt` and the result carries ``text_mask`` (per token 1
+        inside the pooled copy of the text, 0 on prompt and special tokens). ``truncation=False`` keeps every token
+        (to measure texts against ``max_length``).
+        """
         texts = list(texts)
-        if texts and isinstance(texts[0], (tuple, list)):
+        pairs = bool(texts) and isinstance(texts[0], (tuple, list))
+        if self.prompt is not None:
+            if pairs:
+                raise ValueError("a prompt applies to single texts, not (a, b) pairs: encode (or cache) both sides "
+                                 "as separate texts")
+            enc = self._tokenize_prompted(texts, truncation)
+            if padding:
+                return self.pad([{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))], padding=padding,
+                                return_tensors=return_tensors)
+            return enc.convert_to_tensors(return_tensors) if return_tensors else enc
+        trunc = dict(truncation=True, max_length=self.config.max_length) if truncation else \
+            dict(truncation=False, verbose=False)
+        if pairs:
             a, b = zip(*texts)
-            return self.tokenizer(list(a), list(b), padding=padding, truncation=True,
-                                  max_length=self.config.max_length, return_tensors=return_tensors)
-        return self.tokenizer(texts, padding=padding, truncation=True, max_length=self.config.max_length,
-                              return_tensors=return_tensors)
+            return self.tokenizer(list(a), list(b), padding=padding, return_tensors=return_tensors, **trunc)
+        return self.tokenizer(texts, padding=padding, return_tensors=return_tensors, **trunc)
+
+    def _tokenize_prompted(self, texts: list[str], truncation: bool):
+        """Prompted texts -> unpadded encoding (lists) with ``text_mask``.
+
+        A token belongs to the text when its character range overlaps the pooled copy's span: a BPE token that
+        merges the text's last character with the prompt (SmolLM2's ``."``) or carries the space before it
+        (``Ġword``) counts as text, rather than losing text. A prompted text over ``max_length`` is shortened *inside*
+        the prompt (its last text tokens are dropped, in every copy) so the prompt stays whole: truncating the end
+        of ``... means in one word:"`` would silently change what the final token is.
+        """
+        tmpl, max_len, copies = self.prompt, self.config.max_length, self.prompt.count(SLOT)
+        texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise ValueError(f"texts must be strings; items {bad[:5]} are {type(texts[bad[0]]).__name__}")
+        filled = [fill_prompt(tmpl, t) for t in texts]
+        enc = self.tokenizer([f for f, _ in filled], truncation=False, verbose=False, return_offsets_mapping=True)
+        text_mask = [[int(e > s and s < end and e > start) for s, e in offs]
+                     for offs, (_, (start, end)) in zip(enc["offset_mapping"], filled)]
+        todo = [i for i, ids in enumerate(enc["input_ids"]) if truncation and len(ids) > max_len]
+        while todo:
+            for i in todo:  # drop ceil(excess / copies) tokens from the end of the text, at a token boundary
+                n_text = sum(text_mask[i])
+                keep = n_text - -(-(len(enc["input_ids"][i]) - max_len) // copies)
+                if keep < 1:
+                    raise ValueError(f"text {i} does not fit into max_length={max_len} tokens with the prompt: the "
+                                     f"prompt alone takes {len(enc['input_ids'][i]) - n_text * copies} tokens; raise "
+                                     f"max_length or use a shorter prompt")
+                start = filled[i][1][0]
+                last = [o for o, m in zip(enc["offset_mapping"][i], text_mask[i]) if m][keep - 1]
+                texts[i] = texts[i][:max(last[1] - start, 1)]
+                filled[i] = fill_prompt(tmpl, texts[i])
+                one = self.tokenizer(filled[i][0], truncation=False, verbose=False, return_offsets_mapping=True)
+                for k in enc.keys():
+                    enc[k][i] = one[k]
+                s0, e0 = filled[i][1]
+                text_mask[i] = [int(e > s and s < e0 and e > s0) for s, e in one["offset_mapping"]]
+            todo = [i for i in todo if len(enc["input_ids"][i]) > max_len]
+        empty = [i for i, m in enumerate(text_mask) if not any(m)]
+        if empty:
+            raise ValueError(f"texts {empty[:5]} have no tokens inside the prompt (empty texts?); drop them")
+        del enc["offset_mapping"]
+        enc["text_mask"] = text_mask
+        return enc
+
+    def pad(self, features: list[dict], padding: bool | str = True, return_tensors: str | None = "pt"):
+        """Pad rows of an unpadded encoding into a batch (``tokenizer.pad``), with their ``text_mask`` padded on
+        the same side (the tokenizer does not know that key)."""
+        if not features or "text_mask" not in features[0]:
+            return self.tokenizer.pad(features, padding=padding, return_tensors=return_tensors)
+        batch = self.tokenizer.pad([{k: v for k, v in f.items() if k != "text_mask"} for f in features],
+                                   padding=padding, return_tensors=return_tensors)
+        L = len(batch["input_ids"][0])
+        left = self.tokenizer.padding_side == "left"
+        rows = [[0] * (L - len(f["text_mask"])) + list(f["text_mask"]) if left else
+                list(f["text_mask"]) + [0] * (L - len(f["text_mask"])) for f in features]
+        batch["text_mask"] = torch.tensor(rows, dtype=torch.long) if return_tensors == "pt" else rows
+        return batch
 
     def encode(self, texts) -> tuple[torch.Tensor, torch.Tensor]:
         """texts (list of str, or of (str, str) pairs) -> (H [B, L, D] float, mask [B, L] long)."""
@@ -272,7 +373,11 @@ class Backbone:
         return self.forward_batch(self.tokenize(texts))
 
     def forward_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run an already tokenized, padded batch (``BatchEncoding`` of tensors) -> (H [B, L, D], mask [B, L])."""
+        """Run an already tokenized, padded batch (``BatchEncoding`` of tensors) -> (H, mask [B, L]).
+
+        ``H [B, L, D]`` for the one ``layer``; with ``layers`` set, ``H [B, L, K, D]`` (K = ``len(self.layers)``)
+        from the same single forward pass.
+        """
         mask = batch["attention_mask"].long()
         empty = (mask.sum(1) == 0).nonzero().flatten().tolist()
         if empty:
@@ -284,9 +389,11 @@ class Backbone:
             inputs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(self.device)
         if "use_cache" in self._forward_args:
             inputs["use_cache"] = False  # no KV cache: we run each batch once
+        wanted = self._hidden_indices
         with torch.inference_mode():
-            out = self.model(**inputs, output_hidden_states=self._layer_index != -1, return_dict=True)
-            h = out.last_hidden_state if self._layer_index == -1 else out.hidden_states[self._layer_index]
+            out = self.model(**inputs, output_hidden_states=wanted != (-1,), return_dict=True)
+            pick = [out.last_hidden_state if i == -1 else out.hidden_states[i] for i in wanted]
+            h = pick[0] if self.config.layers is None else torch.stack(pick, dim=2)
         return h, mask.to(h.device)
 
     @functools.cached_property
@@ -294,16 +401,21 @@ class Backbone:
         return set(inspect.signature(self.model.forward).parameters)
 
     @property
+    def _hidden_indices(self) -> tuple[int, ...]:
+        """What to read per held layer: -1 for the final output (``last_hidden_state``), else a hidden_states index.
+        The final output is last_hidden_state (after a decoder's final norm), which hidden_states[-1] may not be."""
+        try:
+            return tuple(-1 if i == self.num_layers else i for i in self.layers)
+        except ValueError as e:
+            raise ValueError(f"{self.config.name_or_path}: {e}") from None
+
+    @property
     def _layer_index(self) -> int:
-        """Normalized layer: -1 for the final output (``last_hidden_state``), else a hidden_states index >= 0."""
-        n = self.num_layers + 1   # hidden_states = (embeddings, layer 1, ..., layer n-1)
-        layer = self.config.layer
-        if not -n <= layer < n:
-            raise ValueError(f"layer {layer} out of range for {self.config.name_or_path} with {self.num_layers} "
-                             f"layers: use -{n}..{n - 1} (0 = embeddings, -1 = last layer)")
-        layer = layer % n
-        # The final output is last_hidden_state (after a decoder's final norm), which hidden_states[-1] may not be.
-        return -1 if layer == n - 1 else layer
+        """The one ``layer`` as read in forward_batch: -1 = ``last_hidden_state``, else a hidden_states index."""
+        if self.config.layers is not None:
+            raise ValueError(f"this backbone returns several layers {list(self.layers)}; a single-layer consumer "
+                             f"needs a backbone loaded with layer=... instead of layers=...")
+        return self._hidden_indices[0]
 
     def fingerprint(self) -> dict:
         """Everything that changes the returned states: weights hash, layer, dtype, truncation, tokenizer set-up."""
@@ -328,8 +440,14 @@ class Backbone:
             if revision and "weights_sha256" not in fp:
                 fp["revision"] = revision
             fp.update(architecture=type(self.model).__name__, hidden_size=self.dim, num_layers=self.num_layers,
-                      layer=self._layer_index if self._layer_index >= 0 else self.num_layers,
-                      dtype=self.config.dtype, max_length=self.config.max_length, tokenizer=tok_info)
+                      layer=self.layers[0], dtype=self.config.dtype, max_length=self.config.max_length,
+                      tokenizer=tok_info)
+            # Only when set, so a single-layer, prompt-free backbone keeps its old fingerprint (and cache keys).
+            if self.config.layers is not None:
+                del fp["layer"]
+                fp["layers"] = list(self.layers)
+            if self.prompt is not None:
+                fp["prompt"] = self.prompt
             self._fingerprint = fp
         return dict(self._fingerprint)
 
@@ -361,9 +479,13 @@ def load_backbone(name_or_path: str = "minilm", **config_kwargs) -> Backbone:
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.padding_side is not None:
         tokenizer.padding_side = cfg.padding_side
+    if cfg.prompt is not None and not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"a prompt needs a fast tokenizer (its character offsets locate the text inside the "
+                         f"prompt), but {name_or_path} loads the slow {type(tokenizer).__name__}; install the "
+                         f"`tokenizers` package or use a model folder with a tokenizer.json")
     source["path"] = path
     bb = Backbone(config=cfg, model=model, tokenizer=tokenizer, device=device, source=source)
-    bb._layer_index  # validate the layer now, not at the first forward
+    bb._hidden_indices  # validate the layers now, not at the first forward
     return bb
 
 
@@ -385,9 +507,12 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 
 def iter_encoded(backbone: Backbone, texts: Sequence, batch_size: int = 32,
-                 batches: list[list[int]] | None = None, encoding=None
-                 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+                 batches: list[list[int]] | None = None, encoding=None, with_text_mask: bool = False
+                 ) -> Iterator[tuple]:
     """Encode many texts in length-sorted batches -> yields (indices into texts, H [B, L, D], mask [B, L]).
+
+    ``H [B, L, K, D]`` with ``layers`` set. ``with_text_mask=True`` yields ``(idx, H, mask, text_mask)`` with
+    ``text_mask [B, L]`` bool aligned with ``H`` (the text's tokens inside the prompt; ``mask`` without a prompt).
 
     Texts are tokenized once; each batch is padded only to its own longest text, which cuts padding waste.
     ``batches`` (lists of indices) overrides the default :func:`length_sorted_batches` plan; ``encoding`` is an
@@ -399,9 +524,12 @@ def iter_encoded(backbone: Backbone, texts: Sequence, batch_size: int = 32,
     keys = [k for k in enc.keys()]
     for idx in batches:
         feats = [{k: enc[k][i] for k in keys} for i in idx]
-        batch = backbone.tokenizer.pad(feats, padding=True, return_tensors="pt")
+        batch = backbone.pad(feats)
         h, mask = backbone.forward_batch(batch)
-        yield idx, h, mask
+        if with_text_mask:
+            yield idx, h, mask, batch["text_mask"].to(mask.device).bool() if "text_mask" in batch else mask.bool()
+        else:
+            yield idx, h, mask
 
 
 __all__ = ["BackboneConfig", "Backbone", "PRESETS", "load_backbone", "iter_encoded", "length_sorted_batches",

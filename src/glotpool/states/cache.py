@@ -3,10 +3,11 @@
 Layout of a cache folder::
 
     shard-00000.safetensors   one tensor "states" [T_shard, D]: the real tokens of consecutive examples, ragged
-    shard-00001.safetensors   (no padding), in store dtype (float16 by default: half the bytes, ~1e-3 rel. error)
-    ...
+    shard-00001.safetensors   (no padding), in store dtype (float16 by default: half the bytes, ~1e-3 rel. error);
+    ...                       a multi-layer backbone (``layers=...``) stores [T_shard, K, D], K layers per token
     texts.json                the cached texts, in input order (example i = texts[i])
-    index.json                written LAST = the cache is complete. Per example: shard id, row offset, length;
+    index.json                written LAST = the cache is complete. Per example: shard id, row offset, length
+                              (+ with a prompt: text_start, text_end, the text's tokens within the example's);
                               meta: backbone fingerprint, dim, store dtype, n, texts fingerprint, cache key.
     progress.json             only while building: the key + sha256 of every finished shard (for resuming);
                               a distributed build writes one ``progress.rankNNNNN.json`` per rank instead.
@@ -42,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from glotpool.states.backbone import Backbone, iter_encoded, length_sorted_batches, token_lengths
+from glotpool.states.selection import check_tokens, layer_positions
 from glotpool.io_utils import atomic_path, atomic_write_json, dict_diff, sha256_file, sha256_texts
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ def plan_shards(lengths: Sequence[int], batch_size: int, shard_tokens: int) -> l
 
 
 def _write_shard(path: Path, states: torch.Tensor) -> dict:
-    """Atomically write one shard ``states [T, D]``; return its file record (name, sha256, bytes, tokens)."""
+    """Atomically write one shard ``states [T, D]`` (or ``[T, K, D]``); return its file record (name, sha256, bytes, tokens)."""
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
@@ -174,7 +176,9 @@ def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.Path
                 shard_tokens: int = 1_000_000, store_dtype: str = "float16", show_progress: bool = True,
                 overwrite: bool = False, extra_meta: dict | None = None, rank: int = 0,
                 world_size: int = 1) -> "TokenCache | None":
-    """Run ``backbone`` over ``texts`` once and store every text's token states ``[len_i, D]`` in ``out_dir``.
+    """Run ``backbone`` over ``texts`` once and store every text's token states ``[len_i, D]`` in ``out_dir``
+    (``[len_i, K, D]`` for a backbone with ``layers``; with a prompt, the prompted text's tokens plus the span of
+    the text among them).
 
     - ``out_dir`` holds a complete cache with the same key -> reused, the backbone does not run.
     - ``out_dir`` holds a (partial) cache with another key -> ValueError naming what differs; ``overwrite=True``
@@ -271,7 +275,7 @@ def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.Path
             states = torch.cat(parts)
             parts = []
             if not torch.isfinite(states).all():
-                raise ValueError(f"hidden states overflow {store_dtype} in shard {k} (layer {fp['layer']}); "
+                raise ValueError(f"hidden states overflow {store_dtype} in shard {k} (layers {backbone.layers}); "
                                  f"store them as bfloat16 or float32 (--dtype)")
             done[str(k)] = _write_shard(out_dir / _shard_name(k), states)
             atomic_write_json(progress_file, progress)
@@ -288,6 +292,9 @@ def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.Path
             for i in b:
                 shard_of[i], offset[i] = k, row
                 row += lengths[i]
+    examples = {"shard": shard_of.tolist(), "offset": offset.tolist(), "length": list(lengths)}
+    if backbone.prompt is not None:  # the text's tokens: a contiguous run [start, end) of the example's tokens
+        examples["text_start"], examples["text_end"] = _text_spans(encoding["text_mask"])
     import transformers
     meta = {"identity": identity, "key": key, "dim": backbone.dim, "n": len(texts), "store_dtype": store_dtype,
             "n_tokens": int(sum(lengths)), "batch_size": batch_size, "shard_tokens": shard_tokens,
@@ -295,12 +302,26 @@ def build_cache(backbone: Backbone, texts: Sequence[str], out_dir: str | os.Path
             "extra": extra_meta or {}}
     index = {"format": FORMAT, "version": VERSION, "key": key, "meta": meta,
              "shards": [done[str(k)] for k in range(len(plan))],
-             "examples": {"shard": shard_of.tolist(), "offset": offset.tolist(), "length": list(lengths)}}
+             "examples": examples}
     atomic_write_json(out_dir / TEXTS, texts)
     atomic_write_json(out_dir / INDEX, index)  # last: its presence marks the cache complete
     for p in _progress_files(out_dir):
         p.unlink(missing_ok=True)
-    return open_cache(out_dir, verify=False)
+    cache = open_cache(out_dir, verify=False)
+    log.info("cache %s: %s", out_dir, cache.size_str())
+    return cache
+
+
+def _text_spans(text_masks: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """Per example (unpadded text mask) -> (start, end) of its one run of text tokens."""
+    starts, ends = [], []
+    for i, m in enumerate(text_masks):
+        on = np.flatnonzero(np.asarray(m))
+        if on.size == 0 or on[-1] - on[0] + 1 != on.size:
+            raise RuntimeError(f"text {i}: its tokens inside the prompt are not one contiguous run ({m})")
+        starts.append(int(on[0]))
+        ends.append(int(on[-1]) + 1)
+    return starts, ends
 
 
 def _read_json(path: Path) -> dict:
@@ -357,7 +378,11 @@ def open_cache(path: str | os.PathLike, verify: bool = True) -> "TokenCache":
 
 
 class TokenCache:
-    """Read side of a cache: ``get(i) -> [len_i, D]``, ``batch(indices) -> (H [B, Lmax, D], mask [B, Lmax])``."""
+    """Read side of a cache: ``get(i) -> [len_i, D]``, ``batch(indices) -> (H [B, Lmax, D], mask [B, Lmax])``.
+
+    A multi-layer cache holds ``K = len(cache.layers)`` layers per token (``get(i) -> [len_i, K, D]``);
+    :meth:`batch` selects layers and tokens (see :mod:`glotpool.states.selection`). ``dim`` is always D.
+    """
 
     def __init__(self, path: str | os.PathLike, index: dict):
         self.path = Path(path)
@@ -370,6 +395,15 @@ class TokenCache:
         self.shard_ids = np.asarray(ex["shard"], dtype=np.int64)
         self.offsets = np.asarray(ex["offset"], dtype=np.int64)
         self._files = [self.path / r["file"] for r in index["shards"]]
+        self.nbytes = int(sum(r["bytes"] for r in index["shards"]))
+        fp = self.meta["identity"]["backbone"]
+        self.num_layers = int(fp["num_layers"])
+        self.multi_layer = "layers" in fp            # shards hold [T, K, D] (else [T, D])
+        self.layers: tuple[int, ...] = tuple(fp["layers"]) if self.multi_layer else (int(fp["layer"]),)
+        self.prompt: str | None = fp.get("prompt")
+        spans = ex.get("text_start"), ex.get("text_end")
+        self.text_start, self.text_end = (None, None) if spans[0] is None else (
+            np.asarray(spans[0], dtype=np.int64), np.asarray(spans[1], dtype=np.int64))
         self._states: list[torch.Tensor | None] = [None] * len(self._files)
         self._texts: list[str] | None = None
         self._text_index: dict[str, int] | None = None
@@ -378,8 +412,13 @@ class TokenCache:
         return len(self.lengths)
 
     def __repr__(self) -> str:
-        return (f"TokenCache({str(self.path)!r}, n={len(self)}, dim={self.dim}, "
+        return (f"TokenCache({str(self.path)!r}, n={len(self)}, dim={self.dim}, layers={list(self.layers)}, "
                 f"tokens={int(self.lengths.sum())}, dtype={self.meta['store_dtype']}, shards={len(self._files)})")
+
+    def size_str(self) -> str:
+        """Disk size, per layer too: e.g. ``"31 layers, 1480.2 MB (47.7 MB per layer)"``."""
+        k, mb = len(self.layers), self.nbytes / 1e6
+        return f"{k} layer{'s' if k > 1 else ''}, {mb:.1f} MB" + (f" ({mb / k:.1f} MB per layer)" if k > 1 else "")
 
     # pickling (DataLoader workers): reopen shards lazily in the child instead of sending mmaps
     def __getstate__(self):
@@ -398,19 +437,31 @@ class TokenCache:
         return s
 
     def get(self, i: int) -> torch.Tensor:
-        """Token states of example ``i``: ``[len_i, D]`` in the stored dtype (a copy; safe to modify)."""
+        """Token states of example ``i``: ``[len_i, D]`` (``[len_i, K, D]`` multi-layer) in the stored dtype (a
+        copy; safe to modify)."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"example {i} out of range for a cache of {len(self)}")
         i = int(i) % len(self)
         o = int(self.offsets[i])
         return self._shard(int(self.shard_ids[i]))[o:o + int(self.lengths[i])].clone()
 
-    def batch(self, indices: Sequence[int], dtype: torch.dtype = torch.float32
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: Sequence[int], dtype: torch.dtype = torch.float32, *, layers=None,
+              tokens: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
         """Gather and right-pad: -> (H [B, Lmax, D] ``dtype``, zeros at padding; mask [B, Lmax] long).
+
+        ``layers``: None = every held layer (``[B, Lmax, D]`` if one is held, else ``[B, Lmax, K, D]``); an int
+        hidden_states index (-1 = the last layer) -> ``[B, Lmax, D]``; a tuple / list -> ``[B, Lmax, len, D]`` in
+        that order. ``tokens``: "all" = every real token, prompt included; "text" = only the text's span (H and
+        positions unchanged). Only the selected layers are read from the shards.
 
         Training hot path: per shard one row gather + one ``index_copy_`` (no Python work per token).
         """
+        if layers is None and not self.multi_layer:   # the single-layer hot path: no selection work
+            pos, squeeze = [0], True
+        else:
+            pos, squeeze = layer_positions(self.layers, layers, self.num_layers)
+        # every held layer in stored order: gather whole rows; else only the selected layers of each row
+        pos_t = None if pos == list(range(len(self.layers))) else torch.tensor(pos)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             raise ValueError("batch() got no indices")
@@ -419,7 +470,8 @@ class TokenCache:
         idx = idx % len(self)
         lens, offs, shards = self.lengths[idx], self.offsets[idx], self.shard_ids[idx]
         B, L = len(idx), int(lens.max())
-        out = torch.zeros(B * L, self.dim, dtype=dtype)
+        row = (self.dim,) if not self.multi_layer else (len(pos), self.dim)
+        out = torch.zeros(B * L, *row, dtype=dtype)
         for k in np.unique(shards):
             sel = np.nonzero(shards == k)[0]                      # batch rows stored in shard k
             ls = lens[sel]
@@ -428,10 +480,21 @@ class TokenCache:
             within = np.arange(total) - np.repeat(starts, ls)     # token position inside its example
             src = np.repeat(offs[sel], ls) + within               # rows in the shard tensor
             dst = np.repeat(sel * L, ls) + within                 # rows in out [B*L, D]
-            vals = self._shard(int(k))[torch.from_numpy(src)]
+            src_t = torch.from_numpy(src)
+            vals = self._shard(int(k))[src_t if pos_t is None else (src_t[:, None], pos_t[None, :])]
             out.index_copy_(0, torch.from_numpy(dst), vals.to(dtype))
-        mask = (torch.arange(L)[None, :] < torch.from_numpy(lens)[:, None]).long()
-        return out.view(B, L, self.dim), mask
+        pos_l = torch.arange(L)[None, :]
+        if check_tokens(tokens) == "text" and self.text_start is not None:
+            mask = ((pos_l >= torch.from_numpy(self.text_start[idx])[:, None]) &
+                    (pos_l < torch.from_numpy(self.text_end[idx])[:, None])).long()
+        else:
+            mask = (pos_l < torch.from_numpy(lens)[:, None]).long()
+        H = out.view(B, L, *row)
+        if self.multi_layer and squeeze:           # one layer selected: [B, L, D]
+            H = H.squeeze(2)
+        elif not self.multi_layer and not squeeze:  # a list selecting the one held layer: [B, L, 1, D]
+            H = H.unsqueeze(2)
+        return H, mask
 
     @property
     def texts(self) -> list[str]:
