@@ -257,3 +257,35 @@ def test_build_graph_refuses_layers_it_was_not_built_for():
         make("glot").build_graph(h, mask.bool())
     with pytest.raises(ValueError, match=r"K = layer_mix = 2"):
         make("glot", layer_mix=2, graph_layer=0).build_graph(h, mask.bool())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# folders saved before the option existed
+
+
+@pytest.mark.xfail(reason="ConfiguredModule._load_weights (configured.py) counts an option missing from an older "
+                          "weights file's recorded config as a mismatch; it should count as the field's default")
+@pytest.mark.parametrize("name", ["mean", "glot"])
+def test_folder_saved_before_layer_mix_existed_still_loads(name, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from glotpool.configured import CONFIG_METADATA_KEY
+    from glotpool.io_utils import sha256_file
+
+    pool = make(name, **OPTIONS.get(name, {})).float()
+    folder = tmp_path / "old"
+    pool.save_pretrained(folder)
+    new_options = ("layer_mix", "graph_layer")
+    weights, cfg_file = folder / "model.safetensors", folder / "config.json"
+    with safe_open(str(weights), framework="pt") as f:
+        meta = f.metadata()
+    old_config = {k: v for k, v in json.loads(meta[CONFIG_METADATA_KEY]).items() if k not in new_options}
+    save_file(load_file(str(weights)), str(weights), metadata={**meta, CONFIG_METADATA_KEY: json.dumps(old_config)})
+    record = json.loads(cfg_file.read_text())
+    record["config"] = {k: v for k, v in record["config"].items() if k not in new_options}
+    record["weights_sha256"] = {"model.safetensors": sha256_file(weights)}
+    cfg_file.write_text(json.dumps(record))
+    loaded = load_pooler(folder)
+    h, mask = make_batch([4, 2], seed=9)
+    assert loaded.config.layer_mix == 1 and torch.equal(loaded(h, mask), pool(h, mask))
