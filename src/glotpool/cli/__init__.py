@@ -17,6 +17,7 @@ COMMANDS = [
     "encode",
     "predict",
     "compare",
+    "layers",
     "stress",
     "sweep",
     "dist",
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Commands whose finished work survives an interruption (cache shards, finished runs): a rerun continues.
-_RESUMABLE = {"run", "cache", "train", "embed-train", "evaluate", "compare", "stress", "sweep", "dist", "fetch-data"}
+_RESUMABLE = {"run", "cache", "train", "embed-train", "evaluate", "compare", "layers", "stress", "sweep", "dist",
+              "fetch-data"}
 
 
 def _one_line(e: BaseException) -> str:

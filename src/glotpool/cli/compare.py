@@ -23,6 +23,17 @@ def register(subparsers) -> None:
     p.add_argument("--max-train", type=int, default=None, help="subsample train (seeded, stratified)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--layer", type=int, default=-1)
+    # TODO(#20 A): add_backbone_state_args(p) once it lands (--prompt / --layers)
+    g = p.add_argument_group("suites (instead of --poolers)")
+    g.add_argument("--suite", choices=["decoder"], default=None,
+                   help="decoder: mean / last / PromptEOL-last / echo-mean and adapool / pma / glot on the last "
+                        "layer, the best dev layer and a learned layer mix, with and without echo; layer, prompt "
+                        "and tokens chosen on dev (see glotpool.experiments.decoder_suite)")
+    g.add_argument("--suite-rows", type=csv_list(), default=None, metavar="NAMES",
+                   help="keep only these suite rows: names or glob patterns, comma-separated, e.g. "
+                        "'mean,last,glot-*' (default: every row)")
+    g.add_argument("--mix-size", type=int, default=d.mix_size,
+                   help="layers of the suite's mix: this many evenly spaced, plus the best dev layer and the last")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/dev/test split")
     p.add_argument("--budget", default=d.budget, choices=BUDGET_NAMES,
                    help="converged: warm-up + cosine, early stopping, lr x weight decay chosen per pooler on dev; "
@@ -39,16 +50,27 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glotpool.experiments.compare import CompareSettings, run_compare
+    from glotpool.experiments.compare import DEFAULT_POOLERS, CompareSettings, run_compare
     from glotpool.experiments.sweep import parse_grid
 
+    if args.suite is None and (args.suite_rows is not None):
+        raise ValueError("--suite-rows selects rows of a suite; give --suite decoder")
+    if args.suite is not None and args.poolers is not DEFAULT_POOLERS:
+        raise ValueError(f"--suite {args.suite} has its own rows; drop --poolers (shrink the suite with --suite-rows)")
     settings = CompareSettings(backbone=args.backbone, source=task_source(args), poolers=args.poolers,
                                seeds=args.seeds, train=train_config(args), budget=args.budget,
                                grid=parse_grid(args.grid) if args.grid else None, probe=args.probe,
-                               max_length=args.max_length,
-                               layer=args.layer, cache_dir=args.cache_dir, show_progress=not args.quiet)
+                               max_length=args.max_length, layer=args.layer, prompt=getattr(args, "prompt", None),
+                               layers=getattr(args, "layers", None), cache_dir=args.cache_dir, show_progress=not args.quiet,
+                               suite=args.suite, suite_rows=args.suite_rows, mix_size=args.mix_size)
     name = args.task or "local"
-    out = args.out or f"runs/compare-{name}"
-    run_compare(settings, out)
+    if args.suite is not None:
+        from glotpool.experiments.decoder_suite import run_decoder_suite
+
+        out = args.out or f"runs/{args.suite}-suite-{name}"
+        run_decoder_suite(settings, out)
+    else:
+        out = args.out or f"runs/compare-{name}"
+        run_compare(settings, out)
     print(open(f"{out}/results.md", encoding="utf-8").read())
     return 0

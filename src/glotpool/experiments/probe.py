@@ -3,6 +3,8 @@
 The reference a linear head must reach: ``LogisticRegression`` (L-BFGS to convergence) with its inverse
 regularisation ``C`` chosen on dev from a log grid, refitted on train at the chosen ``C``, then the test split scored
 once. Features are the pooled vectors (pairs: ``[z1 ‖ z2]``, the linear pair head's input), standardised on train.
+:func:`fit_probe` is the probe itself (on any features: ``glotpool layers`` runs it once per layer);
+:func:`sklearn_probe` feeds it a pooler's vectors of cached states.
 """
 from __future__ import annotations
 
@@ -13,51 +15,68 @@ from glotpool.pooling import build_pooler
 from glotpool.states.cache import TokenCache
 from glotpool.training.heads import head_class
 from glotpool.training.metrics import compute_metrics
-from glotpool.training.trainer import CachedSplit, CachedSplits
+from glotpool.training.trainer import DEFAULT_STATES, CachedSplit, CachedSplits, StateSelection
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 @torch.inference_mode()
-def pooled_features(pooler_name: str, cache: TokenCache, split: CachedSplit, batch_size: int = 256) -> np.ndarray:
+def pooled_features(pooler_name: str, cache: TokenCache, split: CachedSplit, batch_size: int = 256,
+                    states: StateSelection = DEFAULT_STATES) -> np.ndarray:
     pool = build_pooler(pooler_name, in_dim=cache.dim)
     if pool.num_trainable_parameters():
         raise ValueError(f"the sklearn probe is for parameter-free poolers; {pooler_name!r} has parameters")
+    if states.mixed:
+        raise ValueError("the sklearn probe pools one layer; a layer mix has parameters to learn")
 
     def embed(idx):
-        return np.concatenate([pool(*cache.batch(idx[i:i + batch_size])).float().numpy()
+        return np.concatenate([pool(*states.read(cache, idx[i:i + batch_size])).float().numpy()
                                for i in range(0, len(idx), batch_size)])
 
     z = embed(split.idx1)
     return np.concatenate([z, embed(split.idx2)], 1) if split.idx2 is not None else z
 
 
-def sklearn_probe(pooler_name: str, cache: TokenCache, data: CachedSplits, c_grid=C_GRID, metric: str = "accuracy",
-                  max_iter: int = 5000) -> dict:
-    """-> ``{"C", "dev": {...}, "test": {...}, "dev_by_C": {...}, "test_predictions": [...]}``."""
+def pair_features(z: np.ndarray, split: CachedSplit) -> np.ndarray:
+    """One split's probe input from per-text vectors ``z [N_texts, D]`` (rows = cache rows): ``z1`` or ``[z1 ‖ z2]``."""
+    x = z[split.idx1]
+    return np.concatenate([x, z[split.idx2]], 1) if split.idx2 is not None else x
+
+
+def fit_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray], task_type: str, num_labels: int,
+              c_grid=C_GRID, metric: str = "accuracy", max_iter: int = 5000) -> dict:
+    """The probe on features ``x[split]`` with targets ``y[split]`` (needs train and dev; test is scored once,
+    after ``C`` is chosen on dev) -> ``{"C", "dev", "dev_by_C", "test"?, "test_predictions"?}``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    if not head_class(data.task_type).is_classification:
-        raise ValueError(f"the sklearn probe is a classifier; task type {data.task_type!r} has no classes")
-    x = {s: pooled_features(pooler_name, cache, data[s]) for s in data.splits}
-    y = {s: data[s].targets for s in data.splits}
+    if not head_class(task_type).is_classification:
+        raise ValueError(f"the sklearn probe is a classifier; task type {task_type!r} has no classes")
     scaler = StandardScaler().fit(x["train"])
     x = {s: scaler.transform(v) for s, v in x.items()}
-    n = data.num_labels
 
     def fit(c):
         return LogisticRegression(C=c, max_iter=max_iter).fit(x["train"], y["train"])
 
-    dev_by_c = {}
-    for c in c_grid:
-        dev_by_c[c] = compute_metrics(data.task_type, fit(c).predict(x["dev"]), y["dev"], num_labels=n)[metric]
+    def score(model, split):
+        return compute_metrics(task_type, model.predict(x[split]), y[split], num_labels=num_labels)
+
+    dev_by_c = {c: score(fit(c), "dev")[metric] for c in c_grid}
     best_c = max(c_grid, key=lambda c: (dev_by_c[c], -c))  # ties: the stronger regularisation
     model = fit(best_c)
-    out = {"C": best_c, "dev_by_C": {str(c): v for c, v in dev_by_c.items()},
-           "dev": compute_metrics(data.task_type, model.predict(x["dev"]), y["dev"], num_labels=n)}
-    if "test" in data.splits:
+    out = {"C": best_c, "dev_by_C": {str(c): v for c, v in dev_by_c.items()}, "dev": score(model, "dev")}
+    if "test" in x:
         pred = model.predict(x["test"])
-        out["test"] = compute_metrics(data.task_type, pred, y["test"], num_labels=n)
+        out["test"] = compute_metrics(task_type, pred, y["test"], num_labels=num_labels)
         out["test_predictions"] = pred.astype(float).tolist()
     return out
+
+
+def sklearn_probe(pooler_name: str, cache: TokenCache, data: CachedSplits, c_grid=C_GRID, metric: str = "accuracy",
+                  max_iter: int = 5000, states: StateSelection = DEFAULT_STATES) -> dict:
+    """The probe on ``pooler_name``'s vectors of ``states`` -> :func:`fit_probe`'s result."""
+    if not head_class(data.task_type).is_classification:
+        raise ValueError(f"the sklearn probe is a classifier; task type {data.task_type!r} has no classes")
+    x = {s: pooled_features(pooler_name, cache, data[s], states=states) for s in data.splits}
+    return fit_probe(x, {s: data[s].targets for s in data.splits}, data.task_type, data.num_labels, c_grid,
+                     metric, max_iter)

@@ -128,3 +128,26 @@ def plot_lines(xs: list, series: dict[str, tuple[list, list]], path: str | Path,
         ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     _save(fig, path)
+
+
+def plot_layer_curve(points: list[dict], best: int, path: str | Path, metric: str, title: str = "") -> None:
+    """Dev metric vs hidden layer (``points = [{"layer", "dev", "density"}]``), the best layer marked, GLOT's graph
+    density on a second axis."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.6, 0.22 * len(points) + 3), 3.8))
+    x = [p["layer"] for p in points]
+    ax.plot(x, [100 * p["dev"] for p in points], marker="o", color=COLORS["mean"], label=f"dev {metric} (probe)")
+    ax.axvline(best, color="grey", linestyle=":", linewidth=1)
+    b = next(p for p in points if p["layer"] == best)
+    ax.annotate(f"best: layer {best}", (best, 100 * b["dev"]), xytext=(4, 6), textcoords="offset points", fontsize=8)
+    ax.set_xlabel("hidden layer (0 = embeddings)")
+    ax.set_ylabel(f"dev {metric} (%)")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(x, [p["density"] for p in points], linestyle="--", color=COLORS["glot"], label="GLOT graph density")
+    ax2.set_ylabel("graph density (default τ)", color=COLORS["glot"])
+    ax2.set_ylim(0, 1.05)
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)

@@ -19,7 +19,10 @@ import numpy as np
 
 from glotpool.states.cache import TokenCache
 from glotpool.io_utils import atomic_write_json
-from glotpool.training.trainer import CachedSplits, TrainConfig, TrainResult, seed_everything, train_pooler
+from glotpool.training.trainer import (DEFAULT_STATES, CachedSplits, StateSelection, TrainConfig, TrainResult,
+                                       seed_everything, train_pooler)
+
+STATE_KEYS = ("layer", "mix", "tokens")  # spec options that choose the states (StateSelection), not the pooler
 
 
 def parse_value(v: str):
@@ -37,17 +40,52 @@ def parse_value(v: str):
     return v
 
 
+def parse_states(layer=None, mix=None, tokens: str = "all") -> StateSelection:
+    """The text form's state options -> a :class:`StateSelection`: ``layer=-8`` (one hidden layer), ``mix=all`` or
+    ``mix=4+8+12`` (a learned mix of the cache's layers / of these), ``tokens=text`` (the text span only)."""
+    if layer is not None and mix is not None:
+        raise ValueError("give layer=N (one layer) or mix=... (a layer mix), not both")
+    if mix is not None:
+        if mix != "all":
+            try:
+                mix = tuple(int(x) for x in str(mix).split("+"))
+            except ValueError:
+                raise ValueError(f"mix={mix!r}: write mix=all or hidden-layer indices joined by '+', e.g. "
+                                 f"mix=4+8+12") from None
+            if len(mix) < 2:
+                raise ValueError(f"mix={mix[0]} is one layer: write layer={mix[0]}, or two or more for a mix")
+        layer = mix
+    elif layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+        raise ValueError(f"layer={layer!r}: a hidden-layer index is an int (0 = embeddings, -1 = last)")
+    return StateSelection(layer, tokens)
+
+
+def states_text(states: StateSelection) -> str:
+    """The text form's options of a selection ('' for the default): the inverse of :func:`parse_states`."""
+    parts = []
+    if states.mixed:
+        parts.append("mix=" + ("all" if states.layers == "all" else "+".join(map(str, states.layers))))
+    elif states.layers is not None:
+        parts.append(f"layer={states.layers}")
+    if states.tokens != "all":
+        parts.append(f"tokens={states.tokens}")
+    return ",".join(parts)
+
+
 @dataclass(frozen=True)
 class PoolerSpec:
-    """A pooler to run: registry ``name``, constructor ``options`` and a display ``label``.
+    """A pooler to run: registry ``name``, constructor ``options``, a display ``label`` and the ``states`` it reads.
 
     Text form (CLI): ``NAME`` or ``NAME:key=value,key=value`` or ``LABEL=NAME:key=value``, e.g.
-    ``glot``, ``glot:conv=gcn,tau=0.4``, ``glot-knn=glot:graph=knn,k=8``.
+    ``glot``, ``glot:conv=gcn,tau=0.4``, ``glot-knn=glot:graph=knn,k=8``. The options ``layer=N``, ``mix=all`` /
+    ``mix=4+8+12`` and ``tokens=text`` choose the cached states (:func:`parse_states`), e.g. ``glot:layer=-8``,
+    ``glot:mix=all,graph_layer=-1``, ``mean:tokens=text``; a mix builds the pooler with ``layer_mix=K``.
     """
 
     name: str
     options: tuple = ()
     label: str = ""
+    states: StateSelection = DEFAULT_STATES
 
     @classmethod
     def parse(cls, text: str) -> "PoolerSpec":
@@ -57,28 +95,40 @@ class PoolerSpec:
         if "=" in head:
             label, text = text.split("=", 1)
         name, _, rest = text.partition(":")
-        opts = []
+        opts, state_opts = [], {}
         for item in filter(None, rest.split(",")):
             if "=" not in item:
                 raise ValueError(f"bad pooler option {item!r} in {text!r}; write key=value, e.g. glot:tau=0.4")
             k, v = item.split("=", 1)
-            opts.append((k.strip(), parse_value(v.strip())))
-        spec = cls(name.strip(), tuple(opts), label.strip() or (text.strip() if opts else name.strip()))
+            k, v = k.strip(), parse_value(v.strip())
+            if k in STATE_KEYS:
+                state_opts[k] = v
+            else:
+                opts.append((k, v))
         from glotpool.pooling.base import check_pooler_options
 
         try:  # types and ranges now, before any backbone loads or cache is built
+            states = parse_states(**state_opts)
+            spec = cls(name.strip(), tuple(opts), label.strip() or (text.strip() if opts or state_opts
+                                                                      else name.strip()), states)
             check_pooler_options(spec.name, **spec.kwargs)
         except ValueError as e:
             raise ValueError(f"--pooler {text!r}: {e}") from None
         return spec
 
     @classmethod
-    def of(cls, name: str, label: str = "", **options) -> "PoolerSpec":
-        return cls(name, tuple(sorted(options.items())), label or name)
+    def of(cls, name: str, label: str = "", states: StateSelection = DEFAULT_STATES, **options) -> "PoolerSpec":
+        return cls(name, tuple(sorted(options.items())), label or name, states)
 
     @property
     def kwargs(self) -> dict:
+        """The pooler's constructor options (without the state selection and the data-dependent ``layer_mix``)."""
         return dict(self.options)
+
+    def pooler_kwargs(self, cache: TokenCache) -> dict:
+        """:attr:`kwargs` as the pooler is built on ``cache``: plus ``layer_mix=K`` when the spec mixes K layers."""
+        k = self.states.mix_size(cache)
+        return {**self.kwargs, "layer_mix": k} if k else self.kwargs
 
     def resolved(self, cache: TokenCache, rows: np.ndarray, sample: int = 256) -> "PoolerSpec":
         """Resolve data-dependent options: with ``target_density=x`` (GLOT) and no explicit ``tau``, ``tau`` becomes
@@ -91,8 +141,8 @@ class PoolerSpec:
 
         rng = np.random.default_rng(0)
         pick = rng.choice(rows, size=min(sample, len(rows)), replace=False)
-        h, mask = cache.batch(pick)
-        opts["tau"] = build_pooler(self.name, in_dim=cache.dim, **opts).calibrate_tau(h, mask)
+        h, mask = self.states.read(cache, pick)
+        opts["tau"] = build_pooler(self.name, in_dim=cache.dim, **self.pooler_kwargs(cache)).calibrate_tau(h, mask)
         return replace(self, options=tuple(sorted(opts.items())))
 
     def with_options(self, **options) -> "PoolerSpec":
@@ -116,19 +166,23 @@ class RunRecord:
     trainable_parameters: int
     extra: dict = field(default_factory=dict)
     test_predictions: list | None = None  # per test row: what the paired significance tests compare
+    states: dict | None = None  # StateSelection.as_dict() when the run read other than the cache's plain states
 
     @property
     def test_score(self) -> float:
         return float((self.test or {}).get(self.metric, math.nan))
 
 
-def build_model(spec: PoolerSpec, in_dim: int, data: CachedSplits, head_options: dict | None = None):
+def build_model(spec: PoolerSpec, in_dim: int, data: CachedSplits, head_options: dict | None = None,
+                cache: TokenCache | None = None):
     """``(pooler, head)`` for ``spec`` on states of width ``in_dim`` and ``data``'s task (classifier heads get the
-    task's number of labels). The one place a runner turns a spec into modules: `run_one`, `dist train`."""
+    task's number of labels). The one place a runner turns a spec into modules: `run_one`, `dist train`. With
+    ``cache``, a layer-mix spec gets ``layer_mix=K`` (:meth:`PoolerSpec.pooler_kwargs`)."""
     from glotpool.pooling import build_pooler
     from glotpool.training.heads import build_head, head_class
 
-    pooler = build_pooler(spec.name, in_dim=in_dim, **spec.kwargs)
+    pooler = build_pooler(spec.name, in_dim=in_dim, **(spec.pooler_kwargs(cache) if cache is not None
+                                                       else spec.kwargs))
     head_opts = dict(head_options or {})
     if head_class(data.task_type).is_classification:
         head_opts.setdefault("num_labels", data.num_labels)
@@ -162,18 +216,29 @@ def _settings_diff(saved: dict, settings: dict) -> list[str]:
     return [names.get(k, k) for k in keys if saved.get(k) != settings.get(k)]
 
 
+def run_settings(spec: PoolerSpec, cache_key: str, data: CachedSplits, cfg: TrainConfig,
+                 head_options: dict | None = None) -> dict:
+    """Everything that changes a run's result: its resume key (``run.json``'s ``settings``). A spec reading the
+    cache's plain states has no ``states`` entry, so runs from before state selections keep their key."""
+    settings = {"label": spec.label, "pooler": spec.name, "options": spec.kwargs, "seed": cfg.seed,
+                "train_config": {k: v for k, v in asdict(cfg).items() if k != "show_progress"},
+                "cache_key": cache_key, "head_options": head_options or {}, "data": data_fingerprint(data)}
+    if not spec.states.is_default:
+        settings["states"] = spec.states.as_dict()
+    return settings
+
+
 def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainConfig, *, seed: int,
             run_dir: str | Path | None = None, head_options: dict | None = None, save_model: bool = False,
             extra: dict | None = None) -> RunRecord:
     """Train ``spec`` with ``seed`` (pooler init, batch order) and return its record; reuse ``run_dir/run.json``.
 
-    ``save_model=True`` also keeps the best weights in ``run_dir/best/`` (``pooler/``, ``head/``).
+    ``save_model=True`` also keeps the best weights in ``run_dir/best/`` (``pooler/``, ``head/``). A layer-mix
+    spec's record holds the learned mix in ``extra["layer_mix"]`` (``{"layers", "weights", "gamma"}``).
     """
     cfg = replace(cfg, seed=seed)
     spec = spec.resolved(cache, data["train"].idx1)
-    settings = {"label": spec.label, "pooler": spec.name, "options": spec.kwargs, "seed": seed,
-                "train_config": {k: v for k, v in asdict(cfg).items() if k != "show_progress"},
-                "cache_key": cache.key, "head_options": head_options or {}, "data": data_fingerprint(data)}
+    settings = run_settings(spec, cache.key, data, cfg, head_options)
     if run_dir is not None:
         done = Path(run_dir) / "run.json"
         if done.is_file():
@@ -190,17 +255,27 @@ def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainC
                   f"({why or 'its saved model is missing'})", file=sys.stderr)
             done.unlink()
     seed_everything(seed)
-    pooler, head = build_model(spec, cache.dim, data, head_options)
-    result: TrainResult = train_pooler(pooler, head, cache, data, cfg,
+    pooler, head = build_model(spec, cache.dim, data, head_options, cache=cache)
+    result: TrainResult = train_pooler(pooler, head, cache, data, cfg, states=spec.states,
                                        out_dir=run_dir if (save_model and run_dir is not None) else None)
+    extra = dict(extra or {})
+    if spec.states.mixed:
+        extra["layer_mix"] = {"layers": mixed_layers(spec.states, cache), **(pooler.layer_mix_weights() or {})}
     rec = RunRecord(label=spec.label, pooler=spec.name, options=spec.kwargs, seed=seed,
                     train_config=settings["train_config"], metric=result.metric, dev=result.dev, test=result.test,
                     best_epoch=result.best_epoch, seconds_per_epoch=result.seconds_per_epoch,
                     train_seconds=result.train_seconds, trainable_parameters=result.trainable_parameters,
-                    extra=dict(extra or {}), test_predictions=result.test_predictions)
+                    extra=extra, test_predictions=result.test_predictions,
+                    states=None if spec.states.is_default else spec.states.as_dict())
     if run_dir is not None:
         atomic_write_json(Path(run_dir) / "run.json", {"settings": settings, "record": asdict(rec)})
     return rec
+
+
+def mixed_layers(states: StateSelection, cache: TokenCache) -> list[int]:
+    """The hidden-layer indices a mixed selection reads from ``cache``, in its K order (what mix weights refer to)."""
+    held = list(getattr(cache, "layers", None) or ())
+    return held if states.layers == "all" else list(states.layers)
 
 
 def mean_std(values) -> tuple[float, float]:

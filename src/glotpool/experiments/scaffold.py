@@ -107,19 +107,43 @@ def adapt_spec(spec: PoolerSpec, backbone: Backbone, glot_defaults: dict | None 
 
 
 def graph_stats(spec: PoolerSpec, cache, idx: np.ndarray, batch_size: int = 64) -> dict:
-    """Mean neighbours per real token and mean density of this spec's graph over the given cache rows."""
+    """Mean neighbours per real token and mean density of this spec's graph over the given cache rows (the states
+    the spec reads: its layer or layer mix, its tokens)."""
     import torch
 
-    from glotpool.pooling import build_pooler, check_inputs
+    from glotpool.pooling import build_pooler
+
+    pool = build_pooler(spec.name, in_dim=cache.dim, **spec.pooler_kwargs(cache))
+    with torch.inference_mode():
+        return graph_density_of(pool, (spec.states.read(cache, idx[s:s + batch_size])
+                                       for s in range(0, len(idx), batch_size)))
+
+
+def graph_density_of(pool, batches) -> dict:
+    """``{"edges_per_token", "density"}``: means over the sentences of ``batches`` (``(h, mask)`` pairs) of GLOT
+    ``pool``'s token graphs. The one measurement `compare`, `sweep` and `layers` report."""
+    import torch
+
+    from glotpool.pooling import check_inputs
     from glotpool.pooling.graph import edges_per_token, graph_density
 
-    pool = build_pooler(spec.name, in_dim=cache.dim, **spec.kwargs)
     edges, dens = [], []
-    with torch.inference_mode():
-        for s in range(0, len(idx), batch_size):
-            h, m = cache.batch(idx[s:s + batch_size])
-            h, m = check_inputs(h, m, cache.dim)
-            adj = pool.build_graph(h, m)
-            edges.append(edges_per_token(adj, m))
-            dens.append(graph_density(adj, m))
+    for h, m in batches:
+        h, m = check_inputs(h, m, pool.in_dim, pool.config.layer_mix)
+        adj = pool.build_graph(h, m)
+        edges.append(edges_per_token(adj, m))
+        dens.append(graph_density(adj, m))
     return {"edges_per_token": float(torch.cat(edges).mean()), "density": float(torch.cat(dens).mean())}
+
+
+def backbone_variant(backbone: Backbone, **config) -> Backbone:
+    """``backbone`` reading other states (:class:`~glotpool.states.backbone.BackboneConfig` fields: ``prompt=``,
+    ``layers=``, ...) with the same loaded model and tokenizer: no second load. ``backbone`` itself when nothing
+    changes."""
+    from dataclasses import replace
+
+    cfg = replace(backbone.config, **config)
+    if cfg == backbone.config:
+        return backbone
+    return type(backbone)(config=cfg, model=backbone.model, tokenizer=backbone.tokenizer, device=backbone.device,
+                          source=backbone.source)

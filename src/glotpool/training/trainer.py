@@ -231,13 +231,83 @@ def group_separated_batches(groups: np.ndarray, batch_size: int, rng: np.random.
 # model = pooler + head
 
 
+TOKEN_CHOICES = ("all", "text")
+
+
+@dataclass(frozen=True)
+class StateSelection:
+    """Which of a cache's states a run reads: :meth:`TokenCache.batch`'s ``layers`` and ``tokens``.
+
+    ``layers``: None = the cache's one layer (a cache holding several needs a choice); an int = one hidden_states
+    index (negative from the end: -1 = the last layer); a tuple of indices, or ``"all"`` (every layer the cache
+    holds) = a learned layer mix: the pooler gets ``[B, L, K, D]`` and is built with ``layer_mix=K``.
+    ``tokens``: ``"all"`` = every real token (a prompt's too: ``last`` = the final token), ``"text"`` = only the
+    text's own span (echo prompt: the second copy). The default selection reads exactly what ``cache.batch(idx)``
+    returns, through the same call.
+    """
+
+    layers: int | tuple[int, ...] | str | None = None
+    tokens: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.tokens not in TOKEN_CHOICES:
+            raise ValueError(f"tokens must be one of {TOKEN_CHOICES}, got {self.tokens!r}")
+        lay = self.layers
+        if isinstance(lay, list):
+            object.__setattr__(self, "layers", lay := tuple(lay))
+        ok = (lay is None or lay == "all" or (isinstance(lay, int) and not isinstance(lay, bool)) or
+              (isinstance(lay, tuple) and len(lay) >= 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                  for x in lay)))
+        if not ok:
+            raise ValueError(f"layers must be None, one int, 'all' or a tuple of two or more ints (a layer mix), "
+                             f"got {lay!r}")
+
+    @property
+    def is_default(self) -> bool:
+        return self.layers is None and self.tokens == "all"
+
+    @property
+    def mixed(self) -> bool:
+        return self.layers == "all" or isinstance(self.layers, tuple)
+
+    def mix_size(self, cache: TokenCache) -> int | None:
+        """K of the ``[B, L, K, D]`` a mixed selection reads from ``cache`` (the pooler's ``layer_mix``); None when
+        it reads one layer. ValueError when the selection does not fit the layers the cache holds."""
+        held = tuple(getattr(cache, "layers", None) or ())
+        if self.layers is None:
+            if len(held) > 1:
+                raise ValueError(f"the cache {cache.path} holds layers {list(held)}: choose one (pooler option "
+                                 f"layer=N) or a mix (mix=all, mix=4+8+12)")
+            return None
+        if not self.mixed:
+            return None
+        k = len(held) if self.layers == "all" else len(self.layers)
+        if k < 2:
+            raise ValueError(f"a layer mix needs a cache of two or more layers; {cache.path} holds "
+                             f"{list(held) or 'one'} (build it with layers=... / --layers)")
+        return k
+
+    def read(self, cache: TokenCache, idx, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """``cache.batch(idx)`` with this selection: ``(H [B, L, D] or [B, L, K, D], mask [B, L])``."""
+        if self.is_default:
+            return cache.batch(idx, dtype)  # the plain read (every single-layer cache, every earlier run)
+        return cache.batch(idx, dtype, layers=None if self.layers == "all" else self.layers, tokens=self.tokens)
+
+    def as_dict(self) -> dict:
+        return {"layers": list(self.layers) if isinstance(self.layers, tuple) else self.layers,
+                "tokens": self.tokens}
+
+
+DEFAULT_STATES = StateSelection()
+
+
 class PoolerWithHead(nn.Module):
-    def __init__(self, pooler: Pooler, head: TaskHead):
+    def __init__(self, pooler: Pooler, head: TaskHead, states: StateSelection = DEFAULT_STATES):
         super().__init__()
-        self.pooler, self.head = pooler, head
+        self.pooler, self.head, self.states = pooler, head, states
 
     def embed(self, cache: TokenCache, idx: np.ndarray, device) -> Tensor:
-        h, mask = cache.batch(idx)
+        h, mask = self.states.read(cache, idx)
         return self.pooler(h.to(device), mask.to(device))
 
     def forward(self, cache: TokenCache, split: CachedSplit, rows: np.ndarray, device) -> Tensor:
@@ -426,14 +496,16 @@ def finish_run(model: PoolerWithHead, cache: TokenCache, data: CachedSplits, cfg
 
 
 def train_pooler(pooler: Pooler, head: TaskHead, cache: TokenCache, data: CachedSplits, cfg: TrainConfig,
-                 out_dir: str | Path | None = None) -> TrainResult:
+                 out_dir: str | Path | None = None, states: StateSelection = DEFAULT_STATES) -> TrainResult:
     """AdamW on pooler + head over the cache; returns dev/test metrics of the best-dev-epoch weights.
 
-    With ``out_dir``: writes ``best/`` (pooler + head, atomically), ``results.json`` and ``results.md``.
+    ``states``: which of the cache's layers / tokens the pooler reads (:class:`StateSelection`). With
+    ``out_dir``: writes ``best/`` (pooler + head, atomically), ``results.json`` (with the selection) and
+    ``results.md``.
     """
     metric, higher = prepare_training(head, data, cfg)
     device = torch.device(cfg.device)
-    model = PoolerWithHead(pooler, head).to(device)
+    model = PoolerWithHead(pooler, head, states).to(device)
     train = data["train"]
 
     def loss_fn(rows):
@@ -473,6 +545,8 @@ def save_run(out_dir: str | Path, model: PoolerWithHead, result: TrainResult, cf
               "result": asdict(result), "cache": {"path": str(cache.path), "key": cache.key,
                                                   "backbone": cache.meta.get("identity", {}).get("backbone")},
               "sizes": {k: len(v) for k, v in data.splits.items()}, "environment": environment()}
+    if not model.states.is_default:  # what an Encoder must read from the backbone to reproduce training
+        record["states"] = model.states.as_dict()
     atomic_write_json(out_dir / "results.json", record)
     atomic_write_text(out_dir / "results.md", format_result_table(model.pooler.name, result))
 

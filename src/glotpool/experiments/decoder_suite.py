@@ -1,0 +1,224 @@
+"""``glotpool compare --suite decoder``: prompt baselines, layer choice and a learned layer mix, in one command.
+
+    settings = CompareSettings(backbone="smollm2", source=TaskSource("pang-lee"), suite="decoder")
+    result = run_decoder_suite(settings, "runs/decoder-pang-lee")
+
+1. The layer probe (:mod:`glotpool.experiments.layers`: train and dev only) picks the best dev layer *b*.
+2. One cache per prompt the rows need (none, PromptEOL, echo), each holding only the layers its rows read: the
+   last layer, *b* and, for mix rows, the mix set (:func:`mix_layers`: ``mix_size`` evenly spaced layers, plus *b*
+   and the last). With every row that is 1 probe pass over train + dev and 3 cache passes (echo texts are twice
+   as long).
+3. Every row under ``compare``'s protocol (:mod:`glotpool.experiments.budgets`): the same linear head, the budget
+   (converged by default: lr × weight decay chosen per row on dev with the first seed), every seed at the chosen
+   point, the sklearn probe rows for the training-free rows with ``probe="sklearn"``, paired significance of every
+   row against the best on test.
+4. ``results.md``: per row its layer / prompt / tokens, test score, mean dev score, chosen point, Δ vs best and, for
+   mix rows, the mean learned mix weights; the GLOT row with the best mean dev metric is marked *dev-selected*
+   (so layer, prompt and token choices are made on dev; test never enters a choice). Then the layer probe's curve
+   with GLOT's graph density per layer (``layers/``).
+
+:data:`DECODER_ROWS` is the row list; ``settings.suite_rows`` keeps only the rows matching its names or glob
+patterns (``("mean", "glot-*")``). On an encoder backbone the suite runs the same rows (prompts apply to encoders
+too; ``last`` is then the final ``[SEP]`` token).
+"""
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from glotpool.experiments.budgets import budget_config, tune_and_run
+from glotpool.experiments.compare import (CompareSettings, check_probe, probe_row, row_cells, significance_vs_best,
+                                          summary_row, table_intro)
+from glotpool.experiments.layers import LayerSettings, format_layer_table, run_layers
+from glotpool.experiments.runs import PoolerSpec
+from glotpool.experiments.scaffold import adapt_spec, backbone_variant, prepare_experiment
+from glotpool.io_utils import atomic_write_json, atomic_write_text
+from glotpool.training.heads import default_metric
+from glotpool.training.trainer import StateSelection
+
+LAYER_CHOICES = ("last", "best", "mix")  # the last layer, the layer probe's best dev layer, the learned mix
+LEARNED_POOLERS = ("adapool", "pma", "glot")
+
+
+@dataclass(frozen=True)
+class SuiteRow:
+    """One row: its ``name`` (table label, ``suite_rows`` pattern target), the pooler (PoolerSpec text without
+    state options), which layer(s), which prompt and which tokens it reads."""
+
+    name: str
+    pooler: str
+    layer: str = "last"  # one of LAYER_CHOICES
+    prompt: str | None = None  # None | "prompteol" | "echo"
+    tokens: str = "all"  # "all" | "text" (echo: the second copy)
+
+    def states(self, best: int, last: int, mix: tuple[int, ...]) -> StateSelection:
+        return StateSelection({"last": last, "best": best, "mix": mix}[self.layer], self.tokens)
+
+    def layer_text(self, best: int, last: int, mix: tuple[int, ...]) -> str:
+        return {"last": f"last ({last})", "best": f"best dev ({best})",
+                "mix": "mix of " + ",".join(map(str, mix))}[self.layer]
+
+
+DECODER_ROWS: tuple[SuiteRow, ...] = (
+    # training-free poolers, each with the same linear head as every other row
+    SuiteRow("mean", "mean"),
+    SuiteRow("last", "last"),
+    SuiteRow("prompteol-last", "last", prompt="prompteol"),
+    SuiteRow("echo-mean", "mean", prompt="echo", tokens="text"),
+    # learned poolers x {last layer, best dev layer, layer mix} x {no prompt, echo (pooling the second copy)}
+    *(SuiteRow(f"{pooler}-{layer}" + ("-echo" if echo else ""), pooler, layer, "echo" if echo else None,
+               "text" if echo else "all")
+      for pooler in LEARNED_POOLERS for echo in (False, True) for layer in LAYER_CHOICES),
+)
+
+
+def select_rows(rows: tuple[SuiteRow, ...], patterns: tuple[str, ...] | None) -> list[SuiteRow]:
+    """The rows whose name matches one of ``patterns`` (names or globs), in row-list order; all for None."""
+    if patterns is None:
+        return list(rows)
+    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(r.name, p) for r in rows)]
+    if unknown:
+        raise ValueError(f"suite row pattern(s) {unknown} match no row; rows: {', '.join(r.name for r in rows)}")
+    return [r for r in rows if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+
+
+def mix_layers(num_layers: int, best: int, size: int = 6) -> tuple[int, ...]:
+    """The layer mix: ``size`` evenly spaced hidden layers from ``num_layers / size`` up to the last
+    (``num_layers``), plus the best dev layer ``best`` (SmolLM2, 30 layers, size 6: 5, 10, 15, 20, 25, 30 + b)."""
+    if size < 2:
+        raise ValueError(f"a layer mix needs mix_size >= 2 layers, got {size}")
+    picks = {max(1, round(num_layers * (i + 1) / size)) for i in range(size)}
+    return tuple(sorted(picks | {best, num_layers}))
+
+
+def cache_plan(rows: list[SuiteRow], best: int, last: int, mix: tuple[int, ...]) -> dict[str | None, tuple]:
+    """Per prompt the rows use: the hidden layers its cache must hold (one backbone pass each)."""
+    plan: dict[str | None, set] = {}
+    for r in rows:
+        plan.setdefault(r.prompt, set()).update(mix if r.layer == "mix" else
+                                                (best if r.layer == "best" else last,))
+    return {p: tuple(sorted(layers)) for p, layers in plan.items()}
+
+
+def run_decoder_suite(settings: CompareSettings, out_dir: str | Path, backbone=None) -> dict:
+    """Run the suite (module doc) into ``out_dir``: ``layers/`` (the probe), ``cache/<prompt>/``, ``runs/<row>/``,
+    ``results.json``, ``results.md``, ``comparison.png``. Every run is resumable, as in ``compare``."""
+    from glotpool.states.backbone import load_backbone
+
+    if settings.suite != "decoder":
+        raise ValueError(f"unknown suite {settings.suite!r}; valid: decoder")
+    if settings.prompt is not None or settings.layers is not None or settings.layer != -1:
+        raise ValueError("the decoder suite chooses prompts and layers itself (its rows); drop prompt / layers / "
+                         "layer (--prompt, --layers, --layer)")
+    check_probe(settings.probe)
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    task = settings.source.load()
+    if "test" not in task.splits:
+        raise ValueError("the decoder suite reports test scores with paired tests; the task needs a test split "
+                         "(--test FILE, or --data FILE to split one off)")
+    rows = select_rows(DECODER_ROWS, settings.suite_rows)
+    base_bb = backbone or load_backbone(settings.backbone, max_length=settings.max_length)
+    curve = run_layers(LayerSettings(backbone=settings.backbone, source=settings.source,
+                                     max_length=settings.max_length, show_progress=settings.show_progress),
+                       out_dir / "layers", backbone=base_bb, task=task)
+    last, best = curve["num_layers"], curve["best_layer"]
+    notes = []
+    if best == last and any(r.layer == "best" for r in rows):
+        rows = [r for r in rows if r.layer != "best"]
+        notes.append(f"The best dev layer is the last one ({last}), so the best-layer rows are the last-layer rows "
+                     "and are not run twice.")
+    mix = mix_layers(last, best, settings.mix_size)
+    cache_root = Path(settings.cache_dir) if settings.cache_dir else out_dir / "cache"
+    exps, caches = {}, {}
+    for prompt, layers in cache_plan(rows, best, last, mix).items():
+        bb = backbone_variant(base_bb, prompt=prompt, layers=layers)
+        exps[prompt] = prepare_experiment(bb, task, cache_root / (prompt or "plain"),
+                                          show_progress=settings.show_progress)
+        caches[prompt or "none"] = {"layers": list(layers), "key": exps[prompt].cache.key,
+                                    "seconds": exps[prompt].cache_seconds}
+    golds = next(iter(exps.values())).data["test"].targets
+    if any(not np.array_equal(e.data["test"].targets, golds) for e in exps.values()):
+        raise RuntimeError("the caches' test targets differ; the paired tests need the same test rows")
+
+    base, grid = budget_config(settings.budget, replace(settings.train, show_progress=False))
+    if settings.grid is not None and settings.budget == "converged":
+        grid = dict(settings.grid)
+    metric = base.metric or default_metric(task.task_type)
+    records, summary = [], []
+    bar = tqdm(total=len(rows), desc=f"decoder suite {task.name} ({settings.budget})", unit="row",
+               disable=not settings.show_progress or None)
+    for row in rows:
+        bar.set_postfix_str(row.name)
+        exp = exps[row.prompt]
+        spec = adapt_spec(replace(PoolerSpec.parse(row.pooler), label=row.name,
+                                  states=row.states(best, last, mix)), base_bb, settings.glot_defaults)
+        chosen, recs, dev_table = tune_and_run(spec, exp.cache, exp.data, base, grid, settings.seeds,
+                                               out_dir / "runs" / row.name, settings.head_options)
+        records += [asdict(r) for r in recs]
+        summary.append({**summary_row(row.name, chosen, recs, dev_table, metric), **_describe(row, best, last, mix)})
+        if settings.probe == "sklearn" and (probe := probe_row(spec, exp, metric, label=row.name)) is not None:
+            summary.append({**probe, **_describe(row, best, last, mix), "pooler": f"{row.pooler} + sklearn LR"})
+        bar.update(1)
+    bar.close()
+    significance = significance_vs_best(summary, golds, metric)
+    for r in summary:
+        r.pop("predictions", None)
+    glot = [r for r in summary if r["pooler"] == "glot"]
+    selected = max(glot, key=lambda r: r["dev"])["label"] if glot else None  # dev only; ties: the first row
+    result = {"task": task.name, "task_type": task.task_type, "metric": metric, "settings": asdict(settings),
+              "budget": {"name": settings.budget, "base": asdict(base), "grid": grid},
+              "backbone": base_bb.fingerprint(), "sizes": {k: len(v) for k, v in task.splits.items()},
+              "suite": {"name": "decoder", "rows": [asdict(r) for r in rows], "best_layer": best, "last_layer": last,
+                        "mix_layers": list(mix), "caches": caches, "dev_selected_glot": selected, "notes": notes,
+                        "layer_curve": {k: curve[k] for k in ("points", "best_layer", "best_dev", "tau", "probe")}},
+              "records": records, "summary": summary, "significance": significance,
+              "total_seconds": time.perf_counter() - t0}
+    atomic_write_json(out_dir / "results.json", result)
+    atomic_write_text(out_dir / "results.md", format_suite_table(result, curve))
+    from glotpool.experiments.report import plot_bars
+
+    plot_bars(summary, out_dir / "comparison.png", metric,
+              title=f"{task.name}, frozen {settings.backbone}: decoder suite, test {metric} ({settings.budget})")
+    return result
+
+
+def _describe(row: SuiteRow, best: int, last: int, mix: tuple[int, ...]) -> dict:
+    return {"pooler": row.pooler, "layer": row.layer_text(best, last, mix), "prompt": row.prompt or "—",
+            "tokens": row.tokens}
+
+
+def _mix_text(mix: dict | None) -> str:
+    if not mix:
+        return "—"
+    return " ".join(f"L{l}:{w:.2f}" for l, w in zip(mix["layers"], mix["weights"])) + f" (γ {mix['gamma']:.2f})"
+
+
+def format_suite_table(result: dict, curve: dict) -> str:
+    s, suite, metric = result["settings"], result["suite"], result["metric"]
+    sig = result.get("significance") or {}
+    lines = [f"# {result['task']} — decoder suite on frozen {s['backbone']}", "",
+             *table_intro(result, "same linear head for all rows"),
+             f"Layers: hidden_states indices (0 = embeddings, {suite['last_layer']} = last); best dev layer "
+             f"**{suite['best_layer']}** from the layer probe on dev (below); the mix learns ELMo weights over "
+             f"layers {suite['mix_layers']}. Prompts: PromptEOL pools the final token, echo the second copy of the "
+             f"text (tokens = text). ◆ = dev-selected GLOT: the GLOT row with the best mean dev {metric} (layer, "
+             "prompt and tokens chosen on dev; test not used).", ""]
+    if suite["notes"]:
+        lines += [*suite["notes"], ""]
+    lines += [f"| row | layer | prompt | tokens | test {metric} | dev {metric} | chosen | Δ vs best [95 % CI], p | "
+              "trainable params | layer mix weights |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["summary"]:
+        c = row_cells(r, sig)
+        mark = " ◆" if r["label"] == suite["dev_selected_glot"] else ""
+        lines.append(f"| {r['label']}{mark} | {r['layer']} | {r['prompt']} | {r['tokens']} | {c['test']} | "
+                     f"{100 * r['dev']:.1f} | {c['chosen']} | {c['delta']} | {c['params']} | "
+                     f"{_mix_text(r.get('layer_mix'))} |")
+    curve_md = format_layer_table(curve).split("\n", 2)[2]  # the probe's table without its title
+    lines += ["", "## Layer probe (dev)", "", curve_md]
+    return "\n".join(lines).rstrip("\n") + "\n"
