@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from glotpool.cli._common import (add_cache_dir_arg, add_task_args, add_train_args, csv_list, pooler_list,
-                                  task_source, train_config)
+from glotpool.cli._common import (add_backbone_state_args, add_cache_dir_arg, add_task_args, add_train_args, csv_list,
+                                  pooler_list, task_source, train_config)
 
 
 def register(subparsers) -> None:
@@ -17,13 +17,14 @@ def register(subparsers) -> None:
                                           "seeds) and write results.json, results.md and comparison.png.")
     p.add_argument("--backbone", default="minilm")
     add_task_args(p)
-    p.add_argument("--out", default=None, help="output folder (default runs/compare-<task>)")
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-<task>; with --suite: "
+                                               "runs/<suite>-suite-<task>)")
     p.add_argument("--poolers", type=pooler_list, default=DEFAULT_POOLERS)
     p.add_argument("--seeds", type=csv_list(int), default=d.seeds)
     p.add_argument("--max-train", type=int, default=None, help="subsample train (seeded, stratified)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--layer", type=int, default=-1)
-    # TODO(#20 A): add_backbone_state_args(p) once it lands (--prompt / --layers)
+    add_backbone_state_args(p)  # --prompt / --layers; poolers then pick layer= / mix= / tokens=
     g = p.add_argument_group("suites (instead of --poolers)")
     g.add_argument("--suite", choices=["decoder"], default=None,
                    help="decoder: mean / last / PromptEOL-last / echo-mean and adapool / pma / glot on the last "
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     settings = CompareSettings(backbone=args.backbone, source=task_source(args), poolers=args.poolers,
                                seeds=args.seeds, train=train_config(args), budget=args.budget,
                                grid=parse_grid(args.grid) if args.grid else None, probe=args.probe,
-                               max_length=args.max_length, layer=args.layer, prompt=getattr(args, "prompt", None),
-                               layers=getattr(args, "layers", None), cache_dir=args.cache_dir, show_progress=not args.quiet,
+                               max_length=args.max_length, layer=args.layer, prompt=args.prompt,
+                               layers=args.layers, cache_dir=args.cache_dir, show_progress=not args.quiet,
                                suite=args.suite, suite_rows=args.suite_rows, mix_size=args.mix_size)
     name = args.task or "local"
     if args.suite is not None:

@@ -11,7 +11,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from glotpool.cli._common import add_cache_dir_arg, add_task_args, add_train_args, task_source, train_config
+from glotpool.cli._common import (add_backbone_state_args, add_cache_dir_arg, add_task_args, add_train_args,
+                                  backbone_state_kwargs, task_source, train_config)
 
 
 def register(subparsers) -> None:
@@ -29,6 +30,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-train", type=int, default=None, help="subsample train (seeded, stratified)")
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     p.add_argument("--layer", type=int, default=-1, help="hidden layer (0 = embeddings, -1 = last)")
+    add_backbone_state_args(p)
+    p.add_argument("--tokens", choices=["all", "text"], default=None,
+                   help="tokens the pooler reads: all (prompt included: last = the final token) or text (the text's "
+                        "own tokens; echo: the second copy); default: the --pooler spec's tokens= option, else all. "
+                        "Several --layers are mixed (a learned ELMo mix) unless the spec picks layer=N")
     add_cache_dir_arg(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an OUT/cache built with other settings and a non-empty OUT/model that is not a "
@@ -51,13 +57,14 @@ def run(args: argparse.Namespace) -> int:
     refuse_foreign_dir(out, None, overwrite=True)  # --out must be creatable (not a file, parent writable)
     refuse_foreign_dir(out / "model", "encoder.json", args.overwrite, "glotpool model folder")
     task = task_source(args).load()
-    backbone = load_backbone(args.backbone, max_length=args.max_length, layer=args.layer)
-    spec = adapt_spec(spec, backbone, announce=True)
+    backbone = load_backbone(args.backbone, max_length=args.max_length, layer=args.layer,
+                             **backbone_state_kwargs(args))
+    spec = adapt_spec(train_states(spec, backbone, args.tokens), backbone, announce=True)
     exp = prepare_experiment(backbone, task, args.cache_dir or out / "cache", show_progress=not args.quiet,
                              overwrite=args.overwrite)
     cfg = replace(train_config(args), show_progress=not args.quiet)
     rec = run_one(spec, exp.cache, exp.data, cfg, seed=args.seed, run_dir=out / "run", save_model=True)
-    encoder = Encoder.from_run(out / "run", backbone)
+    encoder = Encoder.from_run(out / "run", backbone, **spec.states.batch_kwargs())
     from glotpool.model_card import dataset_ids
 
     encoder.training.update(task=task.name, task_type=task.task_type, datasets=dataset_ids(task.name),
@@ -69,6 +76,23 @@ def run(args: argparse.Namespace) -> int:
     for split, m in (("dev", rec.dev), ("test", rec.test)):
         if m:
             print(f"{split:5s}" + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+    if rec.extra.get("layer_mix"):
+        mix = rec.extra["layer_mix"]
+        print("layer mix: " + ", ".join(f"layer {la} {w:.3f}" for la, w in zip(mix["layers"], mix["weights"]))
+              + f"; gamma {mix['gamma']:.3f}")
     print(f"model: {out / 'model'}  (glotpool encode --model {out / 'model'} --input FILE --out emb.npy)",
           file=sys.stderr)
     return 0
+
+
+def train_states(spec, backbone, tokens: str | None):
+    """The spec with the states it trains on: its own layer= / mix= options, else a mix of every layer when the
+    backbone returns several (--layers), else the one layer; ``tokens`` (--tokens) overrides the spec's."""
+    from dataclasses import replace
+
+    from glotpool.training.trainer import StateSelection
+
+    layers = spec.states.layers
+    if layers is None and len(backbone.layers) > 1:
+        layers = "all"
+    return replace(spec, states=StateSelection(layers, tokens or spec.states.tokens))

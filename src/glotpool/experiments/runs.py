@@ -274,8 +274,9 @@ def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainC
 
 def mixed_layers(states: StateSelection, cache: TokenCache) -> list[int]:
     """The hidden-layer indices a mixed selection reads from ``cache``, in its K order (what mix weights refer to)."""
-    held = list(getattr(cache, "layers", None) or ())
-    return held if states.layers == "all" else list(states.layers)
+    from glotpool.states.selection import absolute_layers
+
+    return list(cache.layers) if states.layers == "all" else list(absolute_layers(states.layers, cache.num_layers))
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -83,7 +83,8 @@ def data_warnings(task: LoadedTask, backbone: Backbone | None = None, out=None) 
     if backbone is not None:
         max_len = backbone.config.max_length
         texts = task_texts(task)
-        lengths = [len(ids) for ids in backbone.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+        lengths = [len(ids) for ids in backbone.tokenize(texts, padding=False, return_tensors=None,
+                                                         truncation=False)["input_ids"]]  # prompted, if any
         over = sum(n > max_len for n in lengths)
         if over:
             msgs.append(f"{over} of {len(texts)} texts are longer than max_length={max_len} tokens and are truncated "

@@ -273,7 +273,7 @@ class StateSelection:
     def mix_size(self, cache: TokenCache) -> int | None:
         """K of the ``[B, L, K, D]`` a mixed selection reads from ``cache`` (the pooler's ``layer_mix``); None when
         it reads one layer. ValueError when the selection does not fit the layers the cache holds."""
-        held = tuple(getattr(cache, "layers", None) or ())
+        held = tuple(cache.layers)
         if self.layers is None:
             if len(held) > 1:
                 raise ValueError(f"the cache {cache.path} holds layers {list(held)}: choose one (pooler option "
@@ -291,7 +291,11 @@ class StateSelection:
         """``cache.batch(idx)`` with this selection: ``(H [B, L, D] or [B, L, K, D], mask [B, L])``."""
         if self.is_default:
             return cache.batch(idx, dtype)  # the plain read (every single-layer cache, every earlier run)
-        return cache.batch(idx, dtype, layers=None if self.layers == "all" else self.layers, tokens=self.tokens)
+        return cache.batch(idx, dtype, **self.batch_kwargs())
+
+    def batch_kwargs(self) -> dict:
+        """``layers`` / ``tokens`` as :meth:`TokenCache.batch` and :class:`~glotpool.encoder.Encoder` take them."""
+        return {"layers": None if self.layers == "all" else self.layers, "tokens": self.tokens}
 
     def as_dict(self) -> dict:
         return {"layers": list(self.layers) if isinstance(self.layers, tuple) else self.layers,
