@@ -30,7 +30,7 @@ def layered_batch(lengths, seed=0, L=None):
 def hand_mix(h, s, gamma):
     """ELMo's scalar mix written out: γ Σ_k exp(s_k) / Σ_j exp(s_j) · h[:, :, k]."""
     e = [float(torch.exp(x)) for x in s.detach()]
-    return float(gamma) * sum(e[k] / sum(e) * h[:, :, k] for k in range(len(e)))
+    return float(gamma.detach()) * sum(e[k] / sum(e) * h[:, :, k] for k in range(len(e)))
 
 
 def randomise_mix(pool, seed=1):
@@ -64,7 +64,7 @@ def test_scalar_mix_matches_the_written_out_formula():
     torch.testing.assert_close(mix(h), hand_mix(h, mix.scalars, mix.gamma))
     torch.testing.assert_close(mix.weights(), torch.softmax(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), 0))
     mix.reset_parameters()
-    assert torch.equal(mix.weights(), torch.full((K,), 1 / K, dtype=torch.float64)) and float(mix.gamma) == 1.0
+    assert torch.equal(mix.weights(), torch.full((K,), 1 / K, dtype=torch.float64)) and mix.gamma.item() == 1.0
     assert sum(p.numel() for p in mix.parameters()) == K + 1
 
 
@@ -154,6 +154,16 @@ def test_gradients_reach_the_mix(name):
     z = pool(h, mask)
     (z * torch.randn(z.shape, generator=torch.Generator().manual_seed(0), dtype=z.dtype)).sum().backward()
     assert pool.layer_mix.scalars.grad.abs().min() > 0 and pool.layer_mix.gamma.grad.abs() > 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reset_parameters_resets_the_mix(name):
+    pool = randomise_mix(make(name, layer_mix=K, **OPTIONS.get(name, {})))
+    pool.reset_parameters()
+    assert pool.layer_mix_weights() == {"weights": [pytest.approx(1 / K)] * K, "gamma": 1.0}
+    if name == "mean_linear":  # back to plain mean pooling
+        h, mask = layered_batch([4, 2])
+        torch.testing.assert_close(pool(h, mask), make("mean")(h.mean(2), mask))
 
 
 @pytest.mark.parametrize("shape, match", [

@@ -50,9 +50,6 @@ class AdaPool(Pooler):
         super().__init__(in_dim, **options)
         self.readout = AttentionReadout(in_dim, self.config.readout_hidden)
 
-    def reset_parameters(self) -> None:
-        self.readout.reset_parameters()
-
     def _pool(self, h, mask):
         return self.readout(h, mask)
 
@@ -242,10 +239,6 @@ class MLPAttentionPooling(Pooler):
     @property
     def out_dim(self) -> int:
         return self.mlp.out_dim
-
-    def reset_parameters(self) -> None:
-        self.mlp.reset_parameters()
-        self.readout.reset_parameters()
 
     def _pool(self, h, mask):
         return self.readout(self.mlp(h, mask), mask)

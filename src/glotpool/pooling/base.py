@@ -208,6 +208,12 @@ class Pooler(ConfiguredModule):
     def out_dim(self) -> int:
         return self.in_dim
 
+    def reset_parameters(self) -> None:
+        """Re-initialise every child module that has ``reset_parameters`` (the layer mix included)."""
+        for m in self.children():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
     def _pool(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 

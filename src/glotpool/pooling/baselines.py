@@ -97,10 +97,17 @@ class MeanLinearPooling(Pooler):
         if out < 1:
             raise ValueError(f"out_features must be >= 1, got {out}")
         self.proj = torch.nn.Linear(in_dim, out)
-        if out == in_dim:
+        self._identity_init()
+
+    def _identity_init(self) -> None:
+        if self.proj.out_features == self.in_dim:
             with torch.no_grad():
-                self.proj.weight.copy_(torch.eye(in_dim))
+                self.proj.weight.copy_(torch.eye(self.in_dim))
                 self.proj.bias.zero_()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self._identity_init()
 
     @property
     def out_dim(self) -> int:

@@ -117,10 +117,6 @@ class GLOTPooling(Pooler):
     def out_dim(self) -> int:
         return self.gnn.out_dim
 
-    def reset_parameters(self) -> None:
-        self.gnn.reset_parameters()
-        self.readout.reset_parameters()
-
     def uses_sparse(self, length: int) -> bool:
         """Whether a batch padded to ``length`` tokens runs the sparse path."""
         c = self.config
