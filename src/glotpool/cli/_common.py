@@ -60,8 +60,14 @@ def layers_arg(text: str):
 def add_backbone_state_args(p: argparse.ArgumentParser) -> None:
     """``--prompt`` and ``--layers``: which states the backbone returns (pass them on with
     :func:`backbone_state_kwargs`)."""
+    import re
+
     from glotpool.states.prompts import PROMPTS
 
+    if isinstance(p, argparse.ArgumentParser):
+        # argparse takes "-1,-4,-8" for an unknown option (only "-4" looks like a number to it); widen its
+        # negative-number test so `--layers -1,-4,-8` parses (`--layers=-1,-4,-8` works everywhere)
+        p._negative_number_matcher = re.compile(r"^-\d+(\s*,\s*-?\d+)*$|^-\d*\.\d+$")
     p.add_argument("--prompt", default=None, metavar="NAME_OR_TEMPLATE",
                    help=f"wrap every text in a prompt: a preset ({', '.join(sorted(PROMPTS))}) or a template with "
                         "{text} once or twice (the last copy is the text that --tokens text pools)")
