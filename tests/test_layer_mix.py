@@ -273,8 +273,6 @@ def test_build_graph_refuses_layers_it_was_not_built_for():
 # folders saved before the option existed
 
 
-@pytest.mark.xfail(reason="ConfiguredModule._load_weights (configured.py) counts an option missing from an older "
-                          "weights file's recorded config as a mismatch; it should count as the field's default")
 @pytest.mark.parametrize("name", ["mean", "glot"])
 def test_folder_saved_before_layer_mix_existed_still_loads(name, tmp_path):
     from safetensors import safe_open

@@ -206,8 +206,12 @@ class ConfiguredModule(nn.Module):
             raise ValueError(f"{weights} is not a readable safetensors file ({type(e).__name__}: {e}); {fix}") from None
         saved = file_meta.get(CONFIG_METADATA_KEY)
         if saved is not None:
-            trained = json.loads(saved)
             current = json.loads(json.dumps(dataclasses.asdict(self.config), sort_keys=True, default=str))
+            # An option newer than the file (added to the config class after it was saved) counts as its default,
+            # so folders saved by an older glotpool keep loading when the option is at that default.
+            defaults = {f.name: current[f.name] for f in dataclasses.fields(self.config)
+                        if f.default is not dataclasses.MISSING and current[f.name] == f.default}
+            trained = {**defaults, **json.loads(saved)}
             diffs = [f"{k}: weights trained with {trained.get(k)!r}, config says {current.get(k)!r}"
                      for k in sorted(set(trained) | set(current)) if trained.get(k) != current.get(k)]
             if diffs:
