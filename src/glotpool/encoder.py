@@ -96,7 +96,7 @@ class Encoder:
             if label_names is not None and n is not None and len(label_names) != n:
                 raise ValueError(f"{len(label_names)} label names for a head with {n} classes")
         layer_positions(backbone.layers, layers, backbone.num_layers)  # fail now for a layer the backbone lacks
-        self.layers = list(layers) if isinstance(layers, tuple) else layers  # JSON-shaped (what encoder.json holds)
+        self.layers = _json_layers(layers)  # as encoder.json holds it
         self.tokens = check_tokens(tokens)
         self.backbone = backbone
         self.pooler = pooler.to(backbone.device).eval()
@@ -477,6 +477,7 @@ def _backbone_candidates(ref: dict) -> list[tuple[str, str, dict]]:
 
 
 def _json_layers(layers):
+    """A layer selection as JSON holds it (tuples become lists), so a saved and a loaded encoder compare equal."""
     return list(layers) if isinstance(layers, tuple) else layers
 
 
