@@ -5,7 +5,7 @@
     glotpool run --smoke --out runs/smoke     (the same wiring at a tiny size: under 3 minutes; CI runs it)
 
 Sized to finish in about 15 minutes on a 2-core CPU with the embedded MiniLM package model: the stress test at
-r ∈ {0.2, 0.5, 0.8, 0.9} with the converged budget and fewer seeds than the full `glotpool stress`, and the Pang & Lee
+r ∈ {0.2, 0.5, 0.8, 0.9} with the converged budget and one seed (the full `glotpool stress` runs three), and the Pang & Lee
 sentence-polarity comparison. Everything is cached and resumable, so a rerun after an interruption continues.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from glotpool.io_utils import atomic_write_text
 @dataclass
 class MainJobSettings:
     backbone: str = "minilm"
-    stress_seeds: tuple[int, ...] = (0, 1)
+    stress_seeds: tuple[int, ...] = (0,)  # one seed: `glotpool stress` runs three (the 15-minute size)
     stress_ratios: tuple[float, ...] = (0.2, 0.5, 0.8, 0.9)
     stress_budgets: tuple[str, ...] = ("converged",)
     stress_n_train: int = 2000
