@@ -9,11 +9,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import glotpool.states.cache as cache_mod  # noqa: E402
-from glotpool.io_utils import sha256_texts  # noqa: E402
-from glotpool.states.backbone import load_backbone  # noqa: E402
-from glotpool.states.cache import build_cache, cache_key, open_cache  # noqa: E402
-from glotpool.states.selection import select_states  # noqa: E402
+import glotpool.states.cache as cache_mod
+from glotpool.io_utils import sha256_texts
+from glotpool.states.backbone import load_backbone
+from glotpool.states.cache import build_cache, cache_key, open_cache
+from glotpool.states.selection import select_states
 
 TEXTS = ["a fine film .", "dull , {braces} and flat .", "the cat sat on the mat .", "it moved me",
          "a quiet story about an old man and the sea", "no ."]
@@ -145,12 +145,12 @@ def test_interrupted_multilayer_build_resumes_byte_identical(smol, built, tmp_pa
     monkeypatch.setattr(smol, "forward_batch", lambda b: calls.append(1) or fwd(b))
     resumed = build_cache(smol, TEXTS, out, **KW)
     assert 0 < len(calls) < len(TEXTS) // KW["batch_size"]  # the finished shard was not encoded again
-    files = lambda d: {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.name != ".lock"}  # noqa: E731
+    files = lambda d: {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.name != ".lock"}
     assert files(out) == files(built.path) and resumed.key == built.key
 
 
 def test_cache_key_depends_on_prompt_and_layers(smol, mini):
-    fp = lambda bb: cache_key(bb.fingerprint(), sha256_texts(TEXTS), "float16")  # noqa: E731
+    fp = lambda bb: cache_key(bb.fingerprint(), sha256_texts(TEXTS), "float16")
     base = single(mini, -1)
     keys = {fp(base), fp(mini), fp(dataclasses.replace(mini, config=dataclasses.replace(mini.config, layers=(-1,)),
                                                        _fingerprint=None)),
@@ -185,7 +185,7 @@ def test_encoder_round_trip_reproduces_the_trained_selection(smol, tmp_path):
     pooler = build_pooler("mean", in_dim=smol.dim)
     enc = Encoder(smol, pooler, layers=3, tokens="text")
     texts = TEXTS[:3]
-    H, mask = smol.encode(texts)
+    H, _ = smol.encode(texts)
     tm = smol.tokenize(texts)["text_mask"].unsqueeze(-1).float()
     by_hand = (H[:, :, 2] * tm).sum(1) / tm.sum(1)  # mean over the echo's second copy, layer 3
     torch.testing.assert_close(enc.encode(texts, convert_to="torch"), by_hand, rtol=1e-4, atol=1e-4)

@@ -8,8 +8,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from glotpool.states.backbone import BackboneConfig, iter_encoded, load_backbone  # noqa: E402
-from glotpool.states.prompts import PROMPTS, fill_prompt, resolve_prompt  # noqa: E402
+from glotpool.states.backbone import BackboneConfig, iter_encoded, load_backbone
+from glotpool.states.prompts import PROMPTS, fill_prompt, resolve_prompt
 
 TEXTS = ["The cat sat on the mat.", "dull , {braces} and {text} too", "a fine film"]
 
@@ -82,7 +82,7 @@ def test_iter_encoded_yields_the_text_mask_aligned_with_h(backbones):
     enc = bb.tokenize(TEXTS, padding=False, return_tensors=None)
     seen = []
     for idx, h, mask, text_mask in iter_encoded(bb, TEXTS, batch_size=2, encoding=enc, with_text_mask=True):
-        want = bb.pad([{k: enc[k][i] for k in enc.keys()} for i in idx])["text_mask"].bool()
+        want = bb.pad([{k: enc[k][i] for k in enc} for i in idx])["text_mask"].bool()
         assert text_mask.dtype == torch.bool and torch.equal(text_mask, want) and h.shape[:2] == mask.shape
         assert not mask[:, 0].all() or mask.all()  # left padding: padding sits at the start
         seen += idx

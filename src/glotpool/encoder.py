@@ -408,7 +408,7 @@ class Encoder:
         proba = self.predict_proba(texts, texts2, batch_size)
         bad = np.nonzero(~np.isfinite(proba).all(1))[0].tolist() if len(proba) else []
         if bad:  # never turn a NaN into a label
-            raise ValueError(f"texts at index(es) {_rows(bad)} give non-finite logits (NaN/Inf): the model's weights "
+            raise ValueError(f"texts at index(es) {rows_str(bad)} give non-finite logits (NaN/Inf): the model's weights "
                              f"are likely corrupt; re-copy or retrain the model")
         names = self.label_names or [str(i) for i in range(proba.shape[1])]
         return [names[i] for i in proba.argmax(1)] if len(proba) else []

@@ -298,7 +298,7 @@ class Backbone:
                                  "as separate texts")
             enc = self._tokenize_prompted(texts, truncation)
             if padding:
-                return self.pad([{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))], padding=padding,
+                return self.pad([{k: enc[k][i] for k in enc} for i in range(len(texts))], padding=padding,
                                 return_tensors=return_tensors)
             return enc.convert_to_tensors(return_tensors) if return_tensors else enc
         trunc = dict(truncation=True, max_length=self.config.max_length) if truncation else \
@@ -340,7 +340,7 @@ class Backbone:
                 texts[i] = texts[i][:max(last[1] - start, 1)]
                 filled[i] = fill_prompt(tmpl, texts[i])
                 one = self.tokenizer(filled[i][0], truncation=False, verbose=False, return_offsets_mapping=True)
-                for k in enc.keys():
+                for k in enc:
                     enc[k][i] = one[k]
                 s0, e0 = filled[i][1]
                 text_mask[i] = [int(e > s and s < e0 and e > s0) for s, e in one["offset_mapping"]]
@@ -521,7 +521,7 @@ def iter_encoded(backbone: Backbone, texts: Sequence, batch_size: int = 32,
     enc = encoding if encoding is not None else backbone.tokenize(list(texts), padding=False, return_tensors=None)
     if batches is None:
         batches = length_sorted_batches([len(ids) for ids in enc["input_ids"]], batch_size)
-    keys = [k for k in enc.keys()]
+    keys = [k for k in enc]
     for idx in batches:
         feats = [{k: enc[k][i] for k in keys} for i in idx]
         batch = backbone.pad(feats)
