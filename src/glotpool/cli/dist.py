@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from glotpool.cli._common import add_cache_args, add_task_args, add_train_args, task_source, train_config
+from glotpool.cli._common import (add_cache_args, add_task_args, add_train_args, backbone_state_kwargs, task_source,
+                                  train_config)
 
 
 def register(subparsers) -> None:
@@ -53,7 +54,8 @@ def run_cache(args: argparse.Namespace) -> int:
     # the same text list as `glotpool cache`, so the two caches are interchangeable
     texts = unique_texts(ds.texts, ds.texts2 if args.text_col_2 else None)
     backbone = load_backbone(args.backbone, layer=args.layer, max_length=args.max_length,
-                             padding_side=args.padding_side, device=str(device), dtype=args.backbone_dtype)
+                             padding_side=args.padding_side, device=str(device), dtype=args.backbone_dtype,
+                             **backbone_state_kwargs(args))
     cols = [args.text_col] + ([args.text_col_2] if args.text_col_2 else [])
     kw = dict(batch_size=args.batch_size, shard_tokens=args.shard_tokens, store_dtype=args.dtype,
               extra_meta={"data": str(args.data), "columns": cols, "rows": len(ds),

@@ -260,7 +260,7 @@ def check_finite(values, row_numbers, on_nonfinite: str, what: str):
 
 def load_encoder(args: argparse.Namespace):
     from glotpool.states.backbone import load_backbone
-    from glotpool.encoder import CONFIG_NAME, Encoder
+    from glotpool.encoder import CONFIG_NAME, Encoder, backbone_kwargs
 
     backbone = None
     if args.backbone:
@@ -272,8 +272,7 @@ def load_encoder(args: argparse.Namespace):
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise ValueError(f"{cfg} is not a valid encoder config ({type(e).__name__}: {e}); restore it from the "
                              f"model's source or re-save the model") from None
-        backbone = load_backbone(args.backbone, layer=ref["layer"], max_length=ref["max_length"], dtype=ref["dtype"],
-                                 padding_side=ref["padding_side"], gguf_file=ref["gguf_file"], device=args.device)
+        backbone = load_backbone(args.backbone, **backbone_kwargs(ref), device=args.device)
     return Encoder.from_pretrained(args.model, backbone=backbone, device=args.device,
                                    check_backbone=not args.no_backbone_check)
 

@@ -125,6 +125,12 @@ def build_sentence_transformer(backbone, pooler: Pooler, *, normalize: bool = Fa
         raise ValueError("exporting a left-padded decoder backbone is not supported (sentence-transformers passes "
                          "no position_ids); load the backbone with padding_side='right' - the pooler is "
                          "mask-aware, so right padding gives the same vectors")
+    if backbone.prompt is not None:
+        # ST's Transformer tokenizes the raw text: the prompt (and the text mask the pooler was trained on) would be
+        # silently dropped, and every vector would differ from `glotpool encode`'s.
+        raise ValueError(f"exporting a backbone with a prompt ({backbone.prompt!r}) to sentence-transformers is not "
+                         f"supported (the exported model would embed the raw text without it); serve the glotpool "
+                         f"Encoder instead (`glotpool serve`), or train without --prompt")
     layer = backbone._layer_index
     layer = None if layer == -1 else layer
     config_kwargs = {"output_hidden_states": True} if layer is not None else None
