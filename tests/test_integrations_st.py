@@ -127,6 +127,16 @@ def test_export_non_final_layer(minilm, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_export_refuses_a_prompted_backbone(tmp_path):
+    """ST's Transformer would embed the raw text: a prompted backbone's export would silently differ."""
+    from glotpool.states.backbone import load_backbone
+
+    bb = load_backbone("minilm", prompt="prompteol", max_length=32)
+    with pytest.raises(ValueError, match="prompt"):
+        export_sentence_transformer(bb, _small_glot(seed=1), tmp_path / "st")
+    assert not (tmp_path / "st").exists()
+
+
 @pytest.mark.slow
 def test_st_trainer_updates_only_the_pooler(minilm, tmp_path):
     from datasets import Dataset
