@@ -61,10 +61,11 @@ def fit_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray], task_type: str
     def score(model, split):
         return compute_metrics(task_type, model.predict(x[split]), y[split], num_labels=num_labels)
 
-    dev_by_c = {c: score(fit(c), "dev")[metric] for c in c_grid}
-    best_c = max(c_grid, key=lambda c: (dev_by_c[c], -c))  # ties: the stronger regularisation
-    model = fit(best_c)
-    out = {"C": best_c, "dev_by_C": {str(c): v for c, v in dev_by_c.items()}, "dev": score(model, "dev")}
+    models = {c: fit(c) for c in c_grid}  # L-BFGS is deterministic: the chosen C's model is the refit on train
+    dev = {c: score(m, "dev") for c, m in models.items()}
+    best_c = max(c_grid, key=lambda c: (dev[c][metric], -c))  # ties: the stronger regularisation
+    model = models[best_c]
+    out = {"C": best_c, "dev_by_C": {str(c): v[metric] for c, v in dev.items()}, "dev": dev[best_c]}
     if "test" in x:
         pred = model.predict(x["test"])
         out["test"] = compute_metrics(task_type, pred, y["test"], num_labels=num_labels)
