@@ -111,3 +111,37 @@ def test_a_plateaued_dev_metric_stops_but_keeps_the_lowest_loss_tie():
                                  lambda: next(devs), show_progress=False)
     assert len(history) == 5  # best metric at epoch 2, then 3 tied epochs: stop
     assert best_epoch == 5  # the last tie had the lowest dev loss
+
+
+def test_a_parameter_free_pooler_is_pooled_once_per_row_with_the_same_result(minilm, tmp_path, monkeypatch):
+    """The memo of a parameter-free pooler's vectors: each cache row is pooled once (not once per epoch), and the
+    trained head is the one training without the memo gives (an independent run that pools every batch)."""
+    import torch
+
+    from glotpool.data import TaskSource
+    from glotpool.experiments.scaffold import prepare_experiment
+    from glotpool.pooling import build_pooler
+    from glotpool.training import trainer
+    from glotpool.training.heads import build_head
+
+    task = TaskSource(task=None, data_file=str(DATA / "pang-lee" / "sentences-600.csv")).load()
+    exp = prepare_experiment(minilm, task, tmp_path / "cache", show_progress=False)
+    cfg = TrainConfig(epochs=4, lr=1e-2, patience=0, show_progress=False)
+
+    def train(memo_limit):
+        monkeypatch.setattr(trainer, "MEMO_MAX_FLOATS", memo_limit)
+        torch.manual_seed(0)
+        pooler = build_pooler("mean", in_dim=exp.cache.dim)
+        rows = []
+        pooler.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+        head = build_head("single", pooler.out_dim, num_labels=exp.data.num_labels)
+        result = trainer.train_pooler(pooler, head, exp.cache, exp.data, cfg)
+        return result, head, sum(rows)
+
+    memo, memo_head, memo_rows = train(trainer.MEMO_MAX_FLOATS)
+    plain, plain_head, plain_rows = train(0)
+    n_rows = sum(len(np.unique(exp.data[s].idx1)) for s in ("train", "dev", "test"))
+    assert memo_rows <= n_rows < plain_rows / 3  # once per row vs once per row and epoch
+    assert memo.dev == pytest.approx(plain.dev, abs=1e-6) and memo.test == pytest.approx(plain.test, abs=1e-6)
+    for a, b in zip(memo_head.state_dict().values(), plain_head.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

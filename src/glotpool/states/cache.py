@@ -396,10 +396,13 @@ class TokenCache:
         self.offsets = np.asarray(ex["offset"], dtype=np.int64)
         self._files = [self.path / r["file"] for r in index["shards"]]
         self.nbytes = int(sum(r["bytes"] for r in index["shards"]))
-        fp = self.meta["identity"]["backbone"]
-        self.num_layers = int(fp["num_layers"])
+        # a cache written by build_cache always records its backbone; one assembled by hand (tests, tools) may
+        # not: it is then one layer, the last
+        fp = self.meta.get("identity", {}).get("backbone", {})
+        self.num_layers = int(fp.get("num_layers", 0))
         self.multi_layer = "layers" in fp            # shards hold [T, K, D] (else [T, D])
-        self.layers: tuple[int, ...] = tuple(fp["layers"]) if self.multi_layer else (int(fp["layer"]),)
+        self.layers: tuple[int, ...] = (tuple(fp["layers"]) if self.multi_layer else
+                                        (int(fp.get("layer", self.num_layers)),))
         self.prompt: str | None = fp.get("prompt")
         spans = ex.get("text_start"), ex.get("text_end")
         self.text_start, self.text_end = (None, None) if spans[0] is None else (

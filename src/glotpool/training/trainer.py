@@ -305,14 +305,43 @@ class StateSelection:
 DEFAULT_STATES = StateSelection()
 
 
+MEMO_MAX_FLOATS = 1 << 28  # 1 GiB of fp32 pooled vectors: above that, a parameter-free pooler pools every time
+
+
 class PoolerWithHead(nn.Module):
+    """A pooler and a task head trained together on cached states.
+
+    A pooler with no parameters (mean, max, cls, last, weighted_mean) is a fixed function of a row's states, so its
+    vector is computed once per cache row and memoized (:meth:`embed`): every later epoch and evaluation trains
+    only the head on the stored vectors, the way a linear probe on precomputed features would (the same values:
+    each row is pooled over its own tokens).
+    """
+
     def __init__(self, pooler: Pooler, head: TaskHead, states: StateSelection = DEFAULT_STATES):
         super().__init__()
         self.pooler, self.head, self.states = pooler, head, states
+        self._memo: dict | None = {} if next(pooler.parameters(), None) is None else None
 
     def embed(self, cache: TokenCache, idx: np.ndarray, device) -> Tensor:
-        h, mask = self.states.read(cache, idx)
-        return self.pooler(h.to(device), mask.to(device))
+        if self._memo is None or len(cache) * self.pooler.out_dim > MEMO_MAX_FLOATS:
+            h, mask = self.states.read(cache, idx)
+            return self.pooler(h.to(device), mask.to(device))
+        dev_type = torch.device(device).type
+        key = (cache.key, str(device),  # under autocast the pooler's output (and so the vectors) differ
+               torch.get_autocast_dtype(dev_type) if torch.is_autocast_enabled(dev_type) else None)
+        idx = np.asarray(idx, dtype=np.int64)
+        # a normal tensor even when the first call comes from evaluate()'s inference mode: training reads it later
+        with torch.inference_mode(False), torch.no_grad():
+            if key not in self._memo:
+                self._memo[key] = (torch.zeros(len(cache), self.pooler.out_dim, device=device),
+                                   np.zeros(len(cache), dtype=bool))
+            z, done = self._memo[key]
+            todo = np.unique(idx[~done[idx]])
+            if len(todo):
+                h, mask = self.states.read(cache, todo)
+                z[torch.from_numpy(todo).to(device)] = self.pooler(h.to(device), mask.to(device)).float()
+                done[todo] = True
+        return z[torch.from_numpy(idx).to(device)]
 
     def forward(self, cache: TokenCache, split: CachedSplit, rows: np.ndarray, device) -> Tensor:
         z1 = self.embed(cache, split.idx1[rows], device)
