@@ -147,18 +147,20 @@ def test_iter_texts_streaming_splits_disjointly(tmp_path):
 # ------------------------------------------------------------------------------------------------ training
 
 
-def _synthetic_cache(path: Path, n: int = 90, dim: int = 16, seed: int = 0) -> None:
-    """A valid cache folder without a backbone: one float32 shard of random token states, ragged lengths 2..11."""
+def _synthetic_cache(path: Path, n: int = 90, dim: int = 16, seed: int = 0, layers: tuple = ()) -> None:
+    """A valid cache folder without a backbone: one float32 shard of random token states, ragged lengths 2..11;
+    with ``layers``, a multi-layer cache holding those hidden-state indices (shard ``[T, K, D]``)."""
     from glotpool.states.cache import FORMAT, VERSION, _write_shard
 
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(2, 12, (n,), generator=g).tolist()
-    states = torch.randn(sum(lengths), dim, generator=g)
+    states = torch.randn(sum(lengths), *([len(layers)] if layers else []), dim, generator=g)
     path.mkdir(parents=True, exist_ok=True)
     rec = _write_shard(path / "shard-00000.safetensors", states)
     atomic_write_json(path / "texts.json", [f"text {i}" for i in range(n)])
     offsets = np.cumsum([0] + lengths[:-1]).tolist()
-    meta = {"dim": dim, "n": n, "store_dtype": "float32", "identity": {}}
+    identity = {"backbone": {"num_layers": max(layers), "layers": list(layers)}} if layers else {}
+    meta = {"dim": dim, "n": n, "store_dtype": "float32", "identity": identity}
     atomic_write_json(path / "index.json", {"format": FORMAT, "version": VERSION, "key": "synthetic", "meta": meta,
                                             "shards": [rec], "examples": {"shard": [0] * n, "offset": offsets,
                                                                           "length": lengths}})
@@ -178,18 +180,21 @@ def _synthetic_data(task: str, n: int):
     return CachedSplits("retrieval", {"train": CachedSplit(tr, perm[tr], None), "dev": CachedSplit(dv, perm[dv], None)})
 
 
-CASES = [  # (task, pooler, options, class_weights, batch_size): uneven last batches in both
-    ("single", "adapool", {}, True, 8),
-    ("retrieval", "glot", {"hidden_dim": 16, "num_layers": 1}, False, 12),
+MIX_LAYERS = (2, 4, 6)  # the multi-layer cache of the layer-mix case
+CASES = [  # (task, pooler, options, class_weights, batch_size, layers): uneven last batches in all
+    ("single", "adapool", {}, True, 8, None),
+    ("retrieval", "glot", {"hidden_dim": 16, "num_layers": 1}, False, 12, None),
+    ("single", "adapool", {"layer_mix": len(MIX_LAYERS)}, False, 8, "all"),  # a learned mix over 3 cached layers
 ]
 
 
-def _train(cache, task, pooler_name, opts, class_weights, batch_size, ddp: bool, out_dir=None):
+def _train(caches, task, pooler_name, opts, class_weights, batch_size, layers, ddp: bool, out_dir=None):
     from glotpool.pooling import build_pooler
     from glotpool.training.heads import build_head
     from glotpool.training.ddp import train_pooler_ddp
-    from glotpool.training.trainer import TrainConfig, seed_everything, train_pooler
+    from glotpool.training.trainer import StateSelection, TrainConfig, seed_everything, train_pooler
 
+    cache = caches[layers is not None]
     data = _synthetic_data(task, len(cache))
     seed_everything(0)
     pooler = build_pooler(pooler_name, in_dim=cache.dim, **opts)
@@ -197,32 +202,33 @@ def _train(cache, task, pooler_name, opts, class_weights, batch_size, ddp: bool,
     cfg = TrainConfig(epochs=3, batch_size=batch_size, lr=3e-3, patience=0, class_weights=class_weights,
                       show_progress=False, eval_batch_size=16)
     fn = train_pooler_ddp if ddp else train_pooler
-    result = fn(pooler, head, cache, data, cfg, out_dir=out_dir)
+    result = fn(pooler, head, cache, data, cfg, out_dir=out_dir, states=StateSelection(layers))
     state = {**{f"pooler.{k}": v for k, v in pooler.state_dict().items()},
              **{f"head.{k}": v for k, v in head.state_dict().items()}}
     return result, state
 
 
-def _train_worker(rank, world, store, cache_dir, out):
+def _train_worker(rank, world, store, cache_dirs, out):
     _init(rank, world, store)
-    cache = open_cache(cache_dir)
+    caches = [open_cache(d) for d in cache_dirs]
     for j, case in enumerate(CASES):
-        result, state = _train(cache, *case, ddp=True, out_dir=f"{out}/run{j}" if rank == 0 else None)
+        result, state = _train(caches, *case, ddp=True, out_dir=f"{out}/run{j}" if rank == 0 else None)
         torch.save({"result": result, "state": state}, f"{out}/rank{rank}-case{j}.pt")
     torch.distributed.destroy_process_group()
 
 
 def test_ddp_training_matches_single_process(tmp_path):
-    cache_dir = tmp_path / "syn"
-    _synthetic_cache(cache_dir)
-    cache = open_cache(cache_dir)
+    cache_dirs = [str(tmp_path / "syn"), str(tmp_path / "syn-layers")]
+    _synthetic_cache(tmp_path / "syn")
+    _synthetic_cache(tmp_path / "syn-layers", layers=MIX_LAYERS)
+    caches = [open_cache(d) for d in cache_dirs]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        refs = [_train(cache, *case, ddp=False) for case in CASES]
+        refs = [_train(caches, *case, ddp=False) for case in CASES]
     finally:
         torch.set_num_threads(threads)
-    _spawn(_train_worker, 2, str(tmp_path / "store"), str(cache_dir), str(tmp_path))
+    _spawn(_train_worker, 2, str(tmp_path / "store"), cache_dirs, str(tmp_path))
     for j, (ref_result, ref_state) in enumerate(refs):
         got = [torch.load(tmp_path / f"rank{r}-case{j}.pt", weights_only=False) for r in range(2)]
         for g in got:  # both ranks end with the single-process weights and history
@@ -237,6 +243,8 @@ def test_ddp_training_matches_single_process(tmp_path):
         moved = any(not torch.equal(v, _train_init(j)[k]) for k, v in ref_state.items())
         assert moved, "training did not change the weights: the comparison would be vacuous"
         assert (tmp_path / f"run{j}" / "best" / "pooler").is_dir() and (tmp_path / f"run{j}" / "results.json").is_file()
+    mix = refs[2][1]["pooler.layer_mix.scalars"]  # the mixed case trained its layer weights, the same on both ranks
+    assert mix.shape == (len(MIX_LAYERS),) and not torch.allclose(mix, torch.zeros_like(mix))
 
 
 def _train_init(j: int) -> dict:
@@ -245,7 +253,7 @@ def _train_init(j: int) -> dict:
 
     from glotpool.training.trainer import seed_everything
 
-    task, name, opts, _, _ = CASES[j]
+    task, name, opts, _, _, _ = CASES[j]
     seed_everything(0)
     pooler = build_pooler(name, in_dim=16, **opts)
     head = build_head(task, pooler.out_dim, **({"num_labels": 3} if task == "single" else {}))
@@ -270,3 +278,10 @@ def test_cli_train_without_launcher_falls_back_to_one_process(tmp_path, monkeypa
     rec = json.loads((tmp_path / "run" / "results.json").read_text())
     assert rec["pooler"] == "adapool" and rec["train_config"]["batch_size"] == 8 and rec["sizes"]["train"] == 28  # 60 rows: test 6; dev = about half the rest (< 200 rows)
     assert main(argv[:1] + ["--cache", str(tmp_path / "missing")] + argv[3:]) == 2  # clear error, no traceback
+    # a multi-layer cache: the spec's state selection (here a learned mix of every cached layer) is what trains
+    _synthetic_cache(tmp_path / "syn-layers", layers=MIX_LAYERS)
+    mixed = [*argv[:2], str(tmp_path / "syn-layers"), *argv[3:8], "adapool:mix=all", *argv[9:]]
+    mixed[mixed.index("--out") + 1] = str(tmp_path / "run-mix")
+    assert main(mixed) == 0
+    rec = json.loads((tmp_path / "run-mix" / "results.json").read_text())
+    assert rec["states"]["layers"] == "all" and rec["pooler_config"]["layer_mix"] == len(MIX_LAYERS)

@@ -87,8 +87,8 @@ def run_train(args: argparse.Namespace) -> int:
                           score_range=task.score_range)
     cfg = replace(train_config(args), seed=args.seed, device=str(device), show_progress=not args.quiet)
     seed_everything(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    pooler, head = build_model(spec.resolved(cache, data["train"].idx1), cache.dim, data)
-    result = train_pooler_ddp(pooler, head, cache, data, cfg, out_dir=args.out)
+    pooler, head = build_model(spec.resolved(cache, data["train"].idx1), cache.dim, data, cache=cache)
+    result = train_pooler_ddp(pooler, head, cache, data, cfg, out_dir=args.out, states=spec.states)
     if rank == 0:
         print(f"{spec.label} on {world} rank(s): best epoch {result.best_epoch}, dev {result.dev}, "
               f"test {result.test}", file=sys.stderr)

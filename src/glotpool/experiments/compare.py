@@ -63,6 +63,17 @@ def backbone_states(settings: CompareSettings) -> dict:
     return {"layer": settings.layer, **{k: v for k, v in given.items() if v is not None}}
 
 
+def protocol(settings: CompareSettings, task_type: str) -> tuple:
+    """The (base TrainConfig, dev grid, metric) every row of one comparison is trained and selected under.
+
+    The budget names the protocol; a grid given in the settings replaces the converged budget's grid.
+    """
+    base, grid = budget_config(settings.budget, replace(settings.train, show_progress=False))
+    if settings.grid is not None and settings.budget == "converged":
+        grid = dict(settings.grid)
+    return base, grid, base.metric or default_metric(task_type)
+
+
 def run_compare(settings: CompareSettings, out_dir: str | Path, backbone=None) -> dict:
     from glotpool.states.backbone import load_backbone
 
@@ -77,10 +88,7 @@ def run_compare(settings: CompareSettings, out_dir: str | Path, backbone=None) -
     exp = prepare_experiment(backbone, task, settings.cache_dir or out_dir / "cache",
                              show_progress=settings.show_progress)
     specs = [adapt_spec(PoolerSpec.parse(text), backbone, settings.glot_defaults) for text in settings.poolers]
-    base, grid = budget_config(settings.budget, replace(settings.train, show_progress=False))
-    if settings.grid is not None and settings.budget == "converged":
-        grid = dict(settings.grid)
-    metric = base.metric or default_metric(task.task_type)
+    base, grid, metric = protocol(settings, task.task_type)
     records, summary = [], []
     bar = tqdm(total=len(specs), desc=f"compare {task.name} ({settings.budget})", unit="pooler",
                disable=not settings.show_progress or None)

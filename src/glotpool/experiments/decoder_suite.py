@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from glotpool.experiments.budgets import budget_config, tune_and_run
-from glotpool.experiments.compare import (CompareSettings, check_probe, probe_row, row_cells, significance_vs_best,
-                                          summary_row, table_intro)
+from glotpool.experiments.budgets import tune_and_run
+from glotpool.experiments.compare import (CompareSettings, check_probe, probe_row, protocol, row_cells,
+                                          significance_vs_best, summary_row, table_intro)
 from glotpool.experiments.layers import LayerSettings, format_layer_table, run_layers
 from glotpool.experiments.runs import PoolerSpec
 from glotpool.experiments.scaffold import adapt_spec, backbone_variant, prepare_experiment
 from glotpool.io_utils import atomic_write_json, atomic_write_text
-from glotpool.training.heads import default_metric
 from glotpool.training.trainer import StateSelection
 
 LAYER_CHOICES = ("last", "best", "mix")  # the last layer, the layer probe's best dev layer, the learned mix
@@ -146,10 +145,7 @@ def run_decoder_suite(settings: CompareSettings, out_dir: str | Path, backbone=N
     if any(not np.array_equal(e.data["test"].targets, golds) for e in exps.values()):
         raise RuntimeError("the caches' test targets differ; the paired tests need the same test rows")
 
-    base, grid = budget_config(settings.budget, replace(settings.train, show_progress=False))
-    if settings.grid is not None and settings.budget == "converged":
-        grid = dict(settings.grid)
-    metric = base.metric or default_metric(task.task_type)
+    base, grid, metric = protocol(settings, task.task_type)
     records, summary = [], []
     bar = tqdm(total=len(rows), desc=f"decoder suite {task.name} ({settings.budget})", unit="row",
                disable=not settings.show_progress or None)

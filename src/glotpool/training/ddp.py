@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from glotpool.pooling import Pooler
 from glotpool.states.cache import TokenCache, _pg_world
 from glotpool.training.heads import TaskHead
-from glotpool.training.trainer import (CachedSplit, CachedSplits, PoolerWithHead, TrainConfig, TrainResult,
-                                       evaluate, finish_run, fit, prepare_training, train_pooler)
+from glotpool.training.trainer import (DEFAULT_STATES, CachedSplit, CachedSplits, PoolerWithHead, StateSelection,
+                                       TrainConfig, TrainResult, evaluate, finish_run, fit, prepare_training,
+                                       train_pooler)
 
 # ----------------------------------------------------------------------------------------------------------------
 # DDP training
@@ -91,7 +92,8 @@ def _broadcast(obj, device):
 
 
 def train_pooler_ddp(pooler: Pooler, head: TaskHead, cache: TokenCache, data: CachedSplits, cfg: TrainConfig,
-                     out_dir: str | Path | None = None, ddp_kwargs: dict | None = None) -> TrainResult:
+                     out_dir: str | Path | None = None, ddp_kwargs: dict | None = None,
+                     states: StateSelection = DEFAULT_STATES) -> TrainResult:
     """:func:`glotpool.training.trainer.train_pooler` with DistributedDataParallel; same result as one process, global batches.
 
     ``cfg.batch_size`` is the GLOBAL batch size (each rank pools ``ceil(B / world_size)`` rows). Call it on every
@@ -102,19 +104,20 @@ def train_pooler_ddp(pooler: Pooler, head: TaskHead, cache: TokenCache, data: Ca
     Exactness: equal to single-process training up to float rounding when the pooler and head have no dropout
     (dropout masks are drawn per rank, so with dropout the runs are only statistically alike).
     ``ddp_kwargs`` go to DistributedDataParallel (e.g. ``find_unused_parameters=True`` for a pooler with
-    parameters some forward passes skip).
+    parameters some forward passes skip). ``states``: which of the cache's layers / tokens the pooler reads, as in
+    :func:`train_pooler`.
     """
     if not _pg_world():
         if int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise ValueError("WORLD_SIZE > 1 but no process group is initialised: call "
                              "glotpool.states.cache.init_distributed() first")
-        return train_pooler(pooler, head, cache, data, cfg, out_dir=out_dir)
+        return train_pooler(pooler, head, cache, data, cfg, out_dir=out_dir, states=states)
     rank, world = dist.get_rank(), dist.get_world_size()
     metric, higher = prepare_training(head, data, cfg)
     cuda = dist.get_backend() == "nccl" or str(cfg.device).startswith("cuda")
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1)))) \
         if cuda else torch.device(cfg.device)
-    model = PoolerWithHead(pooler, head).to(device)
+    model = PoolerWithHead(pooler, head, states).to(device)
     step = None
     if any(p.requires_grad for p in model.parameters()):  # DDP refuses a module without trainable parameters
         step = nn.parallel.DistributedDataParallel(GlobalBatchLoss(model, rank, world),
