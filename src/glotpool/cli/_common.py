@@ -62,18 +62,23 @@ def add_backbone_state_args(p: argparse.ArgumentParser) -> None:
     :func:`backbone_state_kwargs`)."""
     import re
 
-    from glotpool.states.prompts import PROMPTS
-
     if isinstance(p, argparse.ArgumentParser):
         # argparse takes "-1,-4,-8" for an unknown option (only "-4" looks like a number to it); widen its
         # negative-number test so `--layers -1,-4,-8` parses (`--layers=-1,-4,-8` works everywhere)
         p._negative_number_matcher = re.compile(r"^-\d+(\s*,\s*-?\d+)*$|^-\d*\.\d+$")
-    p.add_argument("--prompt", default=None, metavar="NAME_OR_TEMPLATE",
-                   help=f"wrap every text in a prompt: a preset ({', '.join(sorted(PROMPTS))}) or a template with "
-                        "{text} once or twice (the last copy is the text that --tokens text pools)")
+    add_prompt_arg(p)
     p.add_argument("--layers", type=layers_arg, default=None, metavar="all|I,J,...",
                    help="several hidden layers from one forward pass (e.g. -1,-4,-8, or all = 0..num_layers); "
                         "replaces --layer")
+
+
+def add_prompt_arg(p: argparse.ArgumentParser, pools: str = "--tokens text") -> None:
+    """``--prompt``: a preset name or a template with a ``{text}`` slot (``pools``: what reads the text's tokens)."""
+    from glotpool.states.prompts import PROMPTS
+
+    p.add_argument("--prompt", default=None, metavar="NAME_OR_TEMPLATE",
+                   help=f"wrap every text in a prompt: a preset ({', '.join(sorted(PROMPTS))}) or a template with "
+                        f"{{text}} once or twice (the last copy is the text that {pools} pools)")
 
 
 def backbone_state_kwargs(args: argparse.Namespace) -> dict:

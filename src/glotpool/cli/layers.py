@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from glotpool.cli._common import add_task_args, task_source
+from glotpool.cli._common import add_prompt_arg, add_task_args, task_source
 
 
 def register(subparsers) -> None:
@@ -18,9 +18,7 @@ def register(subparsers) -> None:
                                           "layer at its default tau.")
     p.add_argument("--backbone", default=d.backbone)
     add_task_args(p)
-    p.add_argument("--prompt", default=None,
-                   help="prompt preset (prompteol, echo) or a template with {text}; the probe pools the text's own "
-                        "tokens (echo: the second copy)")
+    add_prompt_arg(p, pools="the per-layer probe")
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/dev/test split")
     p.add_argument("--max-length", type=int, default=d.max_length)
