@@ -183,3 +183,25 @@ def test_embed_train_then_evaluate_commands(data_dir, tmp_path):
     assert "| m |" in table and "mean (untrained)" in table and "SNLI MRR@10" in table
     saved = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert [r["kind"] for r in saved["results"]] == ["trained", "baseline"]
+    # --grid: every point trained with the seed on the same cache, the dev-best point exported
+    grid_out = tmp_path / "g"
+    cmd = [sys.executable, "-m", "glotpool", "embed-train", "--backbone", "minilm", "--pooler", "mean_linear",
+           "--out", str(grid_out), "--cache-dir", str(out / "cache"), "--grid", "lr=1e-4,1e-2", "--epochs", "1",
+           "--batch-size", "16", "--no-st", "--quiet"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    recipe = json.loads((grid_out / "recipe.json").read_text())
+    dev = recipe["dev_grid"]
+    assert set(dev) == {"lr-0.0001", "lr-0.01"} and len(set(dev.values())) == 2  # the points really differ
+    best = max(dev, key=dev.get)
+    assert recipe["chosen"] == {"lr": float(best.split("-", 1)[1])} and recipe["lr"] == recipe["chosen"]["lr"]
+    assert recipe["dev"]["mrr@10"] == pytest.approx(dev[best])
+    assert Path(recipe["run_dir"]) == grid_out / "runs" / best / "seed-0"
+    assert "dev grid (MRR@10)" in res.stdout and f"chosen {best}" in res.stdout
+    from safetensors.torch import load_file
+    exported = {p.name: load_file(p) for p in (grid_out / "model").rglob("*.safetensors")}
+    trained = {p.name: load_file(p) for p in (Path(recipe["run_dir"]) / "best" / "pooler").rglob("*.safetensors")}
+    assert exported.keys() >= trained.keys() and trained
+    for name, tensors in trained.items():  # the exported model is the chosen point's, not the last one trained
+        for k, v in tensors.items():
+            assert torch.equal(exported[name][k], v), k

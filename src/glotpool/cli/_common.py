@@ -81,6 +81,27 @@ def add_prompt_arg(p: argparse.ArgumentParser, pools: str = "--tokens text") -> 
                         f"{{text}} once or twice (the last copy is the text that {pools} pools)")
 
 
+def add_tokens_arg(p: argparse.ArgumentParser) -> None:
+    """``--tokens``: which cached tokens the trained pooler reads (pass it on with :func:`train_states`)."""
+    p.add_argument("--tokens", choices=["all", "text"], default=None,
+                   help="tokens the pooler reads: all (prompt included: last = the final token) or text (the text's "
+                        "own tokens; echo: the second copy); default: the --pooler spec's tokens= option, else all. "
+                        "Several --layers are mixed (a learned ELMo mix) unless the spec picks layer=N")
+
+
+def train_states(spec, backbone, tokens: str | None):
+    """The spec with the states it trains on: its own layer= / mix= options, else a mix of every layer when the
+    backbone returns several (--layers), else the one layer; ``tokens`` (--tokens) overrides the spec's."""
+    from dataclasses import replace
+
+    from glotpool.training.trainer import StateSelection
+
+    layers = spec.states.layers
+    if layers is None and len(backbone.layers) > 1:
+        layers = "all"
+    return replace(spec, states=StateSelection(layers, tokens or spec.states.tokens))
+
+
 def backbone_state_kwargs(args: argparse.Namespace) -> dict:
     """``load_backbone`` keyword arguments from :func:`add_backbone_state_args`' flags."""
     return {"prompt": getattr(args, "prompt", None), "layers": getattr(args, "layers", None)}

@@ -11,8 +11,17 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from glotpool.cli._common import (add_backbone_state_args, add_cache_dir_arg, add_task_args, add_train_args,
-                                  backbone_state_kwargs, task_source, train_config)
+from glotpool.cli._common import (
+    add_backbone_state_args,
+    add_cache_dir_arg,
+    add_task_args,
+    add_tokens_arg,
+    add_train_args,
+    backbone_state_kwargs,
+    task_source,
+    train_config,
+    train_states,
+)
 
 
 def register(subparsers) -> None:
@@ -31,10 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     p.add_argument("--layer", type=int, default=-1, help="hidden layer (0 = embeddings, -1 = last)")
     add_backbone_state_args(p)
-    p.add_argument("--tokens", choices=["all", "text"], default=None,
-                   help="tokens the pooler reads: all (prompt included: last = the final token) or text (the text's "
-                        "own tokens; echo: the second copy); default: the --pooler spec's tokens= option, else all. "
-                        "Several --layers are mixed (a learned ELMo mix) unless the spec picks layer=N")
+    add_tokens_arg(p)
     add_cache_dir_arg(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an OUT/cache built with other settings and a non-empty OUT/model that is not a "
@@ -48,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from glotpool.encoder import Encoder
     from glotpool.experiments.runs import PoolerSpec, run_one
     from glotpool.experiments.scaffold import adapt_spec, prepare_experiment
-    from glotpool.states.backbone import load_backbone
-
     from glotpool.io_utils import refuse_foreign_dir
+    from glotpool.states.backbone import load_backbone
 
     out = Path(args.out)
     spec = PoolerSpec.parse(args.pooler)  # a bad spec fails before the backbone loads
@@ -84,15 +89,3 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     return 0
 
-
-def train_states(spec, backbone, tokens: str | None):
-    """The spec with the states it trains on: its own layer= / mix= options, else a mix of every layer when the
-    backbone returns several (--layers), else the one layer; ``tokens`` (--tokens) overrides the spec's."""
-    from dataclasses import replace
-
-    from glotpool.training.trainer import StateSelection
-
-    layers = spec.states.layers
-    if layers is None and len(backbone.layers) > 1:
-        layers = "all"
-    return replace(spec, states=StateSelection(layers, tokens or spec.states.tokens))

@@ -19,7 +19,12 @@ from pathlib import Path
 
 from glotpool.experiments.runs import PoolerSpec, RunRecord, run_one
 from glotpool.states.cache import TokenCache
-from glotpool.training.trainer import CachedSplits, TrainConfig, _is_better, resolve_metric
+from glotpool.training.trainer import (
+    CachedSplits,
+    TrainConfig,
+    _is_better,
+    resolve_metric,
+)
 
 BUDGET_NAMES = ("converged", "paper", "fixed")
 CONVERGED = TrainConfig(epochs=60, lr=1e-3, weight_decay=0.01, patience=8, schedule="cosine", warmup=0.05)
@@ -41,7 +46,8 @@ def budget_config(budget: str, given: TrainConfig) -> tuple[TrainConfig, dict]:
     raise ValueError(f"unknown budget {budget!r}; valid: {', '.join(BUDGET_NAMES)}")
 
 
-def _point_name(point: dict) -> str:
+def point_name(point: dict) -> str:
+    """The folder name of a grid point under a run root, e.g. ``lr-0.001_wd-0``."""
     short = {"lr": "lr", "weight_decay": "wd"}
     return "_".join(f"{short.get(k, k)}-{v:g}" for k, v in point.items()) or "fixed"
 
@@ -60,7 +66,7 @@ def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: 
 
     def run(point, seed):
         return run_one(spec, cache, data, replace(base, **point), seed=seed, head_options=head_options,
-                       run_dir=run_root / _point_name(point) / f"seed-{seed}", save_model=save_model and seed == seeds[0])
+                       run_dir=run_root / point_name(point) / f"seed-{seed}", save_model=save_model and seed == seeds[0])
 
     first = {i: run(p, seeds[0]) for i, p in enumerate(points)}
     best = 0
@@ -70,5 +76,5 @@ def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: 
             best = i
     chosen = points[best]
     records = [first[best]] + [run(chosen, s) for s in seeds[1:]]
-    dev_table = {_point_name(p): first[i].dev.get(metric) for i, p in enumerate(points)}
+    dev_table = {point_name(p): first[i].dev.get(metric) for i, p in enumerate(points)}
     return chosen, records, dev_table
