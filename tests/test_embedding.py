@@ -143,6 +143,65 @@ def test_zeroshot_metrics_on_toy_vectors():
     assert zs.prompted(["hi"], zs.PROMPTEOL) == ['This sentence : "hi" means in one word:"']
 
 
+def test_reciprocal_ranks_agree_with_the_retrieval_metric():
+    from glotpool.experiments import zeroshot as zs
+
+    rng = np.random.default_rng(0)
+    q, d = rng.normal(size=(40, 8)), rng.normal(size=(120, 8))
+    relevant = [set(rng.choice(120, size=int(rng.integers(1, 4)), replace=False).tolist()) for _ in range(40)]
+    q[:15] = d[[min(r) for r in relevant[:15]]] + 0.1 * q[:15]  # some queries find their document first
+    rr = zs.reciprocal_ranks(q, d, relevant)
+    assert rr.shape == (40,) and rr.mean() == pytest.approx(zs.retrieval_scores(q, d, relevant)["retrieval_mrr@10"])
+    assert (rr == 0).any() and (rr == 1).any()  # both ends occur: the check is not vacuous
+    # hand-built ranks: the relevant document at rank 1, 3 and 11 (beyond @10)
+    q = np.eye(3)[[0]].repeat(3, 0)
+    d = np.stack([np.eye(3)[0] * (1 - 0.01 * i) + np.eye(3)[1] * 0.01 * i for i in range(12)])
+    assert zs.reciprocal_ranks(q, d, [{0}, {2}, {10}]).tolist() == [1.0, pytest.approx(1 / 3), 0.0]
+
+
+def test_seed_rows_and_paired_tests():
+    from glotpool.experiments import zeroshot as zs
+
+    rng = np.random.default_rng(1)
+    good = [rng.uniform(0.5, 1.0, 300) for _ in range(3)]
+    base = rng.uniform(0.0, 0.5, 300)
+    results = [{"system": f"bb-glot-s{i}", "kind": "trained", "scores": {"retrieval_mrr@10": float(g.mean())},
+                "details": {"retrieval_rr@10": g}} for i, g in enumerate(good)]
+    results.append({"system": "bb mean (untrained)", "kind": "baseline", "scores": {"retrieval_mrr@10": base.mean()},
+                    "details": {"retrieval_rr@10": base}})
+    groups = zs.group_seeds(results)
+    assert [g["system"] for g in groups] == ["bb-glot", "bb mean (untrained)"]
+    assert groups[0]["runs"] == ["bb-glot-s0", "bb-glot-s1", "bb-glot-s2"] and len(groups[0]["scores"]["retrieval_mrr@10"]) == 3
+    (t,) = zs.paired_tests(groups, n_resamples=2000)
+    assert t["delta"] == pytest.approx(np.mean(good) - base.mean()) and t["p_value"] < 1e-3 and t["low"] > 0
+    same = zs.paired_tests(zs.group_seeds([{**results[0], "system": "x", "kind": "trained"},
+                                           {**results[0], "system": "y", "kind": "baseline"}]), n_resamples=2000)
+    assert same[0]["delta"] == 0 and same[0]["p_value"] == 1.0
+    assert "+" in zs.format_tests([t]) and "< 0.001" in zs.format_tests([t])
+    assert "± " in zs.format_table(groups, ["retrieval_mrr@10"])
+
+
+def test_cache_embedder_reads_the_encoders_states(minilm, tmp_path):
+    """An encoder trained on a layer / the text's tokens is scored on those states, as Encoder.encode gives them."""
+    from glotpool.encoder import Encoder
+    from glotpool.experiments import zeroshot as zs
+    from glotpool.pooling import build_pooler
+    from glotpool.states.backbone import load_backbone
+    from glotpool.states.cache import build_cache
+
+    texts = ["a gentle , funny film .", "the plot never comes together , sadly ."]
+    bb = load_backbone("minilm", layers=(-1, -3), prompt="Represent: {text}")
+    torch.manual_seed(0)
+    pooler = build_pooler("mean", in_dim=384)
+    enc = Encoder(bb, pooler, layers=-3, tokens="text")
+    cache = build_cache(bb, texts, tmp_path / "c", show_progress=False)
+    got = zs.cache_embedder(cache, enc.pooler, layers=enc.layers, tokens=enc.tokens)(texts)
+    want = enc.encode(texts)
+    np.testing.assert_allclose(got, want, atol=2e-2)  # cache stored fp16
+    plain = zs.cache_embedder(cache, enc.pooler, layers=-1)(texts)
+    assert np.abs(plain - want).max() > 0.05  # another layer / all tokens really differ: the check can fail
+
+
 def test_zeroshot_suite_and_mteb_on_cached_states(minilm, data_dir, tmp_path):
     from glotpool.experiments import zeroshot as zs
     from glotpool.integrations.mteb import local_mteb_scores

@@ -72,6 +72,8 @@ def _parse_baselines(text: str | None, default_backbone: str | None, is_decoder:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from glotpool.encoder import Encoder
     from glotpool.experiments import zeroshot as zs
     from glotpool.pooling import build_pooler
@@ -90,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
         key = json.dumps(enc.backbone.fingerprint(), sort_keys=True, default=str)
         backbones.setdefault(key, enc.backbone)
         label = folder.parent.name if folder.name == "model" else folder.name
-        systems.append((label, key, enc.pooler, None, "trained"))
+        if any(s[0] == label for s in systems):
+            raise ValueError(f"two --model folders are both named {label!r}; their rows would mix")
+        selection = {"layers": enc.layers, "tokens": enc.tokens}  # the states the encoder trained on
+        systems.append((label, key, enc.pooler, None, "trained", selection))
     first_key = next(iter(backbones), None)
     if first_key is None and args.backbone is not None:
         bb = load_backbone(args.backbone, max_length=args.max_length, device=args.device)
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         label = f"{short} {pooler_name} (untrained)"
         if any(s[0] == label for s in systems):
             continue
-        systems.append((label, key, pooler, prompt, "baseline"))
+        systems.append((label, key, pooler, prompt, "baseline", {}))
 
     tmp = None
     if args.cache_dir:
@@ -141,16 +146,17 @@ def run(args: argparse.Namespace) -> int:
                                       show_progress=not args.quiet, shard_tokens=50_000)  # resumable in small steps
             cache_seconds[short] = round(time.perf_counter() - t0, 1)
         results = []
-        for label, key, pooler, prompt, kind in systems:
-            embed = zs.cache_embedder(caches[key], pooler, prompt)
+        for label, key, pooler, prompt, kind, selection in systems:
+            embed = zs.cache_embedder(caches[key], pooler, prompt, **selection)
             t0 = time.perf_counter()
-            scores = zs.evaluate_embedder(embed, data)
+            details: dict = {}
+            scores = zs.evaluate_embedder(embed, data, details)
             if not args.no_mteb:
                 from glotpool.integrations.mteb import local_mteb_scores
 
                 scores.update(local_mteb_scores(embed, pooler.out_dim, data.probe_train, data.probe_test,
                                                 data.pairs, 0.0, 2.0))
-            results.append({"system": label, "kind": kind, "scores": scores,
+            results.append({"system": label, "kind": kind, "scores": scores, "details": details,
                             "eval_seconds": round(time.perf_counter() - t0, 1)})
             if not args.quiet:
                 print(f"[evaluate] {label}: " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()), file=sys.stderr)
@@ -159,15 +165,23 @@ def run(args: argparse.Namespace) -> int:
             tmp.cleanup()
     metrics = list(zs.METRICS) + ([] if args.no_mteb else ["mteb_classification_acc", "mteb_sts_spearman"])
     sizes = ", ".join(f"{k} {v}" for k, v in data.sizes.items())
-    table = zs.format_table(results, metrics)
-    print(f"# zero-shot ({sizes}); scores x100\n\n{table}")
+    groups = zs.group_seeds(results)  # runs named *-s0, *-s1, ... -> one row, mean ± std over seeds
+    tests = zs.paired_tests(groups)
+    table = zs.format_table(groups, metrics)
+    if tests:
+        table += ("\nPaired bootstrap (10,000 resamples of the shared test examples; seed-averaged per-example "
+                  "reciprocal rank / correctness), trained vs untrained:\n\n" + zs.format_tests(tests))
+    print(f"# zero-shot ({sizes}); scores x100, mean ± std over seeds where a row has several\n\n{table}")
     if args.out:
         from glotpool.io_utils import atomic_write_json, atomic_write_text
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        for r in results:
+            r["details"] = {k: np.asarray(v).tolist() for k, v in r["details"].items()}
+        summary = [{k: g[k] for k in ("system", "kind", "runs", "scores")} for g in groups]
         atomic_write_json(out / "results.json", {"sizes": data.sizes, "cache_seconds": cache_seconds,
-                                                 "results": results})
+                                                 "results": results, "summary": summary, "paired_tests": tests})
         atomic_write_text(out / "results.md", f"# Zero-shot evaluation\n\nSubsets: {sizes}. Scores x100.\n\n{table}")
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}", file=sys.stderr)
     return 0

@@ -21,6 +21,7 @@ scores (``data.sizes``). ``PROMPTEOL`` is the PromptEOL template (Jiang et al. 2
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,6 +37,8 @@ from glotpool.training.metrics import compute_metrics
 
 PROMPTEOL = 'This sentence : "{text}" means in one word:"'
 GRADES = {"entailment": 2.0, "neutral": 1.0, "contradiction": 0.0}
+PER_EXAMPLE = {"retrieval_mrr@10": "retrieval_rr@10", "probe_logreg_acc": "probe_logreg_correct",
+               "probe_knn10_acc": "probe_knn10_correct"}  # metric -> the per-example values whose mean it is
 METRICS = ("retrieval_mrr@10", "retrieval_recall@1", "retrieval_recall@10", "graded_spearman", "probe_logreg_acc",
            "probe_knn10_acc", "cluster_v_measure")
 
@@ -116,8 +119,22 @@ def graded_spearman(z1: np.ndarray, z2: np.ndarray, grades: Sequence[float]) -> 
     return float(spearmanr(cos, np.asarray(grades, dtype=np.float64)).statistic)
 
 
-def probe_scores(ztr: np.ndarray, ytr: Sequence, zte: np.ndarray, yte: Sequence, seed: int = 42) -> dict[str, float]:
-    """Logistic regression (MTEB's classifier: max_iter 100) and a 10-NN cosine vote, trained on frozen vectors."""
+def reciprocal_ranks(q: np.ndarray, d: np.ndarray, relevant: list[set[int]], k: int = 10) -> np.ndarray:
+    """Per query ``1 / rank`` of its best-ranked relevant document by cosine, 0 beyond rank ``k`` -> ``[Q]``; the
+    mean is MRR@k. Ties rank the relevant document after every document scored equal to it (pessimistic)."""
+    sims = _unit(q) @ _unit(d).T  # [Q, N]
+    out = np.zeros(len(relevant))
+    for i, rel in enumerate(relevant):
+        best = max(sims[i, j] for j in rel)
+        rank = int((sims[i] >= best).sum())  # documents scored at least as high as the best relevant one
+        out[i] = 1.0 / rank if rank <= k else 0.0
+    return out
+
+
+def probe_scores(ztr: np.ndarray, ytr: Sequence, zte: np.ndarray, yte: Sequence, seed: int = 42,
+                 details: dict | None = None) -> dict[str, float]:
+    """Logistic regression (MTEB's classifier: max_iter 100) and a 10-NN cosine vote, trained on frozen vectors.
+    ``details``: filled with the per-test-example correctness (``probe_logreg_correct``, ``probe_knn10_correct``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -128,8 +145,10 @@ def probe_scores(ztr: np.ndarray, ytr: Sequence, zte: np.ndarray, yte: Sequence,
         warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter=100 is part of the protocol
         lr = LogisticRegression(max_iter=100, random_state=seed).fit(ztr, ytr)
     knn = KNeighborsClassifier(n_neighbors=min(10, len(ytr)), metric="cosine").fit(ztr, ytr)
-    return {"probe_logreg_acc": float((lr.predict(zte) == yte).mean()),
-            "probe_knn10_acc": float((knn.predict(zte) == yte).mean())}
+    right = {"logreg": lr.predict(zte) == yte, "knn10": knn.predict(zte) == yte}
+    if details is not None:
+        details.update({f"probe_{k}_correct": v.astype(np.float64) for k, v in right.items()})
+    return {f"probe_{k}_acc": float(v.mean()) for k, v in right.items()}
 
 
 def cluster_v_measure(z: np.ndarray, labels: Sequence, n_runs: int = 10, batch_size: int = 500) -> float:
@@ -144,8 +163,10 @@ def cluster_v_measure(z: np.ndarray, labels: Sequence, n_runs: int = 10, batch_s
     return float(np.mean(scores))
 
 
-def evaluate_embedder(embed: Embedder, data: ZeroShotData) -> dict[str, float]:
-    """Embed every text once, then every metric of :data:`METRICS`."""
+def evaluate_embedder(embed: Embedder, data: ZeroShotData, details: dict | None = None) -> dict[str, float]:
+    """Embed every text once, then every metric of :data:`METRICS`. ``details``: filled with the per-example
+    values the paired tests resample (:data:`PER_EXAMPLE`: reciprocal rank per query, probe correctness per test
+    sentence)."""
     texts = data.texts()
     z = np.asarray(embed(texts), dtype=np.float32)
     if not np.isfinite(z).all():
@@ -153,9 +174,11 @@ def evaluate_embedder(embed: Embedder, data: ZeroShotData) -> dict[str, float]:
     row = {t: i for i, t in enumerate(texts)}
     get = lambda ts: z[[row[t] for t in ts]]  # noqa: E731
     out = retrieval_scores(get(data.queries), get(data.corpus), data.relevant)
+    if details is not None:
+        details["retrieval_rr@10"] = reciprocal_ranks(get(data.queries), get(data.corpus), data.relevant)
     out["graded_spearman"] = graded_spearman(get(data.pairs.texts), get(data.pairs.texts2), data.pairs.labels)
     out.update(probe_scores(get(data.probe_train.texts), data.probe_train.labels, get(data.probe_test.texts),
-                            data.probe_test.labels))
+                            data.probe_test.labels, details=details))
     out["cluster_v_measure"] = cluster_v_measure(get(data.cluster.texts), data.cluster.labels)
     return out
 
@@ -169,9 +192,11 @@ def prompted(texts: Sequence[str], prompt: str | None) -> list[str]:
 
 
 def cache_embedder(cache: TokenCache, pooler: torch.nn.Module, prompt: str | None = None,
-                   batch_size: int = 64) -> Embedder:
+                   batch_size: int = 64, *, layers=None, tokens: str = "all") -> Embedder:
     """texts -> ``pooler`` over their cached token states (``[N, dim]`` float32, input order). With ``prompt`` the
-    cache must hold the prompted texts (:func:`prompted`). The backbone never runs here."""
+    cache must hold the prompted texts (:func:`prompted`). ``layers`` / ``tokens``: the states the pooler reads
+    (:meth:`TokenCache.batch`; an Encoder's own ``layers`` / ``tokens``, so it is scored on what it trained on).
+    The backbone never runs here."""
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         idx = np.asarray(cache.lookup(prompted(texts, prompt)), dtype=np.int64)
@@ -181,7 +206,7 @@ def cache_embedder(cache: TokenCache, pooler: torch.nn.Module, prompt: str | Non
         with torch.inference_mode():
             for s in range(0, len(order), batch_size):
                 b = order[s:s + batch_size]
-                h, m = cache.batch(idx[b])
+                h, m = cache.batch(idx[b], layers=layers, tokens=tokens)
                 z = pooler(h, m).float().cpu().numpy()
                 if out is None:
                     out = np.empty((len(idx), z.shape[1]), dtype=np.float32)
@@ -189,6 +214,57 @@ def cache_embedder(cache: TokenCache, pooler: torch.nn.Module, prompt: str | Non
         return out if out is not None else np.zeros((0, 0), np.float32)
 
     return embed
+
+
+def seed_group(label: str) -> str:
+    """The system a seeded run belongs to: ``minilm-glot-s2`` -> ``minilm-glot`` (other labels unchanged)."""
+    return re.sub(r"-s\d+$", "", label)
+
+
+def group_seeds(results: list[dict]) -> list[dict]:
+    """Runs that differ only in their ``-sN`` suffix -> one row: ``scores`` and ``details`` hold one entry per seed,
+    ``seeds`` lists the run labels. First-seen order."""
+    groups: dict[str, dict] = {}
+    for r in results:
+        g = groups.setdefault(seed_group(r["system"]), {"system": seed_group(r["system"]), "kind": r["kind"],
+                                                        "runs": [], "scores": {}, "details": {}})
+        if g["kind"] != r["kind"]:
+            raise ValueError(f"{r['system']}: a {r['kind']} run cannot share a row with {g['kind']} runs")
+        g["runs"].append(r["system"])
+        for k, v in r["scores"].items():
+            g["scores"].setdefault(k, []).append(v)
+        for k, v in (r.get("details") or {}).items():
+            g["details"].setdefault(k, []).append(np.asarray(v, dtype=np.float64))
+    return list(groups.values())
+
+
+def paired_tests(groups: list[dict], n_resamples: int = 10_000) -> list[dict]:
+    """Every trained row against every baseline row, on each metric of :data:`PER_EXAMPLE`: the paired bootstrap
+    over the shared test examples of the seed-averaged per-example values (reciprocal rank, correctness), from
+    :func:`glotpool.experiments.significance.paired_bootstrap`."""
+    from glotpool.experiments.significance import paired_bootstrap
+
+    out = []
+    for a in (g for g in groups if g["kind"] == "trained"):
+        for b in (g for g in groups if g["kind"] != "trained"):
+            for metric, key in PER_EXAMPLE.items():
+                if key not in a["details"] or key not in b["details"]:
+                    continue
+                va, vb = np.mean(a["details"][key], axis=0), np.mean(b["details"][key], axis=0)
+                t = paired_bootstrap(va, vb, np.zeros(len(va)), "accuracy", n_resamples=n_resamples)
+                out.append({"system": a["system"], "baseline": b["system"], "metric": metric, "delta": t.delta,
+                            "low": t.low, "high": t.high, "p_value": t.p_value, "seeds": len(a["runs"])})
+    return out
+
+
+def format_tests(tests: list[dict], scale: float = 100.0) -> str:
+    """Markdown table of :func:`paired_tests`: Δ (trained − baseline) with its 95 % interval and p-value."""
+    lines = ["| system | vs baseline | metric | Δ [95 % CI] | p |", "|---|---|---|---|---|"]
+    for t in tests:
+        p = "< 0.001" if t["p_value"] < 1e-3 else f"{t['p_value']:.3f}"
+        lines.append(f"| {t['system']} | {t['baseline']} | {t['metric']} | {t['delta'] * scale:+.1f} "
+                     f"[{t['low'] * scale:+.1f}, {t['high'] * scale:+.1f}] | {p} |")
+    return "\n".join(lines) + "\n"
 
 
 def format_table(results: list[dict], metrics: Sequence[str] = METRICS, scale: float = 100.0) -> str:
