@@ -7,8 +7,11 @@ Measured side by side in one run:
    pre-tokenized batches (target <= 10 %);
 3. read side: ``TokenCache.batch`` over a shuffled epoch vs a GLOT forward+backward on the same batches
    (falls back to mean pooling if ``glotpool.pooling`` is missing) -> is a training epoch I/O-bound?
+4. what extra layers cost (``--layers``, issue #20): for 1 layer, 3 layers and every layer cached from one pass,
+   bytes on disk, caching time, an epoch of reads and a GLOT training epoch (``layer_mix=K``), each as a ratio
+   to the one-layer cache. The one-layer cache is the plain cache of 1-3 (same code path, same speed).
 
-    python benchmarks/bench_cache.py [--n 512] [--batch-size 32] [--repeats 3] [--threads 1]
+    python benchmarks/bench_cache.py [--n 512] [--batch-size 32] [--repeats 3] [--threads 1] [--no-layers]
 """
 from __future__ import annotations
 
@@ -85,6 +88,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="timings are the min over repeats")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-layers", action="store_true", help="skip section 4 (multi-layer caches)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -163,8 +167,53 @@ def main() -> None:
         print(f"   reading = {100 * rd / (rd + tr):.1f} % of an epoch -> "
               f"{'I/O-bound' if rd > tr else 'compute-bound (reading is not the bottleneck)'}")
         print(f"   vs running the backbone each epoch: {r:.3f} s forwards = {r / tr:.1f}x the pooler step")
+        if not args.no_layers:
+            layer_costs(texts, args, root, epoch, labels)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def layer_costs(texts, args, root: Path, epoch, labels) -> None:
+    """Section 4: one-layer vs 3-layer vs all-layer caches of the same texts, measured side by side."""
+    from glotpool.pooling import build_pooler
+    from glotpool.states.cache import open_cache
+
+    one = load_backbone("minilm")
+    sets = {"1 (last)": None, "3 (-1,-3,-5)": (-1, -3, -5), f"all ({one.num_layers + 1})": "all"}
+    rows = {}
+    for name, layers in sets.items():
+        bb = one if layers is None else load_backbone("minilm", layers=layers)
+        k = len(bb.layers)
+        out = root / f"layers-{k}"
+        build_t = []
+        for _ in range(args.repeats):
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            build_cache(bb, texts, out, batch_size=args.batch_size, show_progress=False)
+            build_t.append(time.perf_counter() - t)
+        cache = open_cache(out)
+        torch.manual_seed(0)
+        pooler = build_pooler("glot", in_dim=bb.dim, layer_mix=k)
+        head = torch.nn.Linear(pooler.out_dim, 2)
+        read_t, step_t = [], []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            batches = [cache.batch(idx) for idx in epoch]  # every held layer: [B, L, K, D] when K > 1
+            read_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for idx, (h, m) in zip(epoch, batches):
+                torch.nn.functional.cross_entropy(head(pooler(h, m)), labels[idx]).backward()
+            step_t.append(time.perf_counter() - t)
+        rows[name] = (k, dir_bytes(out), min(build_t), min(read_t), min(step_t))
+    base = next(iter(rows.values()))
+    print(f"\n4. extra layers (MiniLM, {len(texts)} sentences; GLOT with a learned layer mix of the K cached layers)")
+    print(f"   {'layers cached':<14} {'K':>3} {'disk MB':>9} {'x':>6} {'cache s':>8} {'x':>6} {'read s':>7} {'x':>6} "
+          f"{'train s':>8} {'x':>6}")
+    for name, (k, nbytes, b, rd, st) in rows.items():
+        print(f"   {name:<14} {k:>3} {nbytes / 1e6:9.2f} {nbytes / base[1]:6.2f} {b:8.3f} {b / base[2]:6.2f} "
+              f"{rd:7.3f} {rd / base[3]:6.2f} {st:8.3f} {st / base[4]:6.2f}")
+    print("   (x = ratio to the one-layer cache; one backbone pass caches every layer, so caching time grows only "
+          "by the extra fp16 copies and bytes written)")
 
 
 if __name__ == "__main__":
