@@ -13,14 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from glotpool.cli._common import (
-    add_cache_args,
-    add_task_args,
-    add_train_args,
-    backbone_state_kwargs,
-    task_source,
-    train_config,
-)
+from glotpool.cli._common import (add_cache_args, add_task_args, add_train_args, backbone_state_kwargs, task_source,
+                                  train_config)
 
 
 def register(subparsers) -> None:
@@ -53,12 +47,7 @@ def register(subparsers) -> None:
 def run_cache(args: argparse.Namespace) -> int:
     from glotpool.data import read_table
     from glotpool.states.backbone import load_backbone
-    from glotpool.states.cache import (
-        build_cache_distributed,
-        init_distributed,
-        merge_cache,
-        unique_texts,
-    )
+    from glotpool.states.cache import build_cache_distributed, init_distributed, merge_cache, unique_texts
 
     rank, world, device = init_distributed()
     ds = read_table(args.data, text_col=args.text_col, text_col_2=args.text_col_2)

@@ -32,12 +32,7 @@ EMBED_DEFAULTS = TrainConfig(epochs=10, lr=1e-3, batch_size=64, weight_decay=0.0
 
 
 def register(subparsers) -> None:
-    from glotpool.cli._common import (
-        add_backbone_state_args,
-        add_cache_dir_arg,
-        add_tokens_arg,
-        add_train_args,
-    )
+    from glotpool.cli._common import add_backbone_state_args, add_cache_dir_arg, add_tokens_arg, add_train_args
 
     p = subparsers.add_parser("embed-train", help="train a general-purpose embedding model (NLI recipe) and export it",
                               description="Fetch SNLI, build nli-pairs triplets, cache the frozen backbone's states, "
@@ -129,9 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_st:
         import json
 
-        from glotpool.integrations.sentence_transformers import (
-            export_sentence_transformer,
-        )
+        from glotpool.integrations.sentence_transformers import export_sentence_transformer
 
         card = json.loads((out / "model" / "encoder.json").read_text())
         export_sentence_transformer(backbone, encoder.pooler, out / "st", overwrite=True, card_meta=card)

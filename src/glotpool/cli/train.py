@@ -11,17 +11,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from glotpool.cli._common import (
-    add_backbone_state_args,
-    add_cache_dir_arg,
-    add_task_args,
-    add_tokens_arg,
-    add_train_args,
-    backbone_state_kwargs,
-    task_source,
-    train_config,
-    train_states,
-)
+from glotpool.cli._common import (add_backbone_state_args, add_cache_dir_arg, add_task_args, add_tokens_arg,
+                                  add_train_args, backbone_state_kwargs, task_source, train_config, train_states)
 
 
 def register(subparsers) -> None:

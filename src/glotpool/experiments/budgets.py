@@ -19,12 +19,7 @@ from pathlib import Path
 
 from glotpool.experiments.runs import PoolerSpec, RunRecord, run_one
 from glotpool.states.cache import TokenCache
-from glotpool.training.trainer import (
-    CachedSplits,
-    TrainConfig,
-    _is_better,
-    resolve_metric,
-)
+from glotpool.training.trainer import CachedSplits, TrainConfig, _is_better, resolve_metric
 
 BUDGET_NAMES = ("converged", "paper", "fixed")
 CONVERGED = TrainConfig(epochs=60, lr=1e-3, weight_decay=0.01, patience=8, schedule="cosine", warmup=0.05)

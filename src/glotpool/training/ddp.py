@@ -25,20 +25,9 @@ from torch import Tensor, nn
 from glotpool.pooling import Pooler
 from glotpool.states.cache import TokenCache, _pg_world
 from glotpool.training.heads import TaskHead
-from glotpool.training.trainer import (
-    DEFAULT_STATES,
-    CachedSplit,
-    CachedSplits,
-    PoolerWithHead,
-    StateSelection,
-    TrainConfig,
-    TrainResult,
-    evaluate,
-    finish_run,
-    fit,
-    prepare_training,
-    train_pooler,
-)
+from glotpool.training.trainer import (DEFAULT_STATES, CachedSplit, CachedSplits, PoolerWithHead, StateSelection,
+                                       TrainConfig, TrainResult, evaluate, finish_run, fit, prepare_training,
+                                       train_pooler)
 
 # ----------------------------------------------------------------------------------------------------------------
 # DDP training
