@@ -264,3 +264,14 @@ def test_embed_train_then_evaluate_commands(data_dir, tmp_path):
     for name, tensors in trained.items():  # the exported model is the chosen point's, not the last one trained
         for k, v in tensors.items():
             assert torch.equal(exported[name][k], v), k
+    # a decoder-style recipe: prompt + text-only tokens; the exported encoder keeps both, so encode == training
+    prompt_out = tmp_path / "p"
+    cmd = [sys.executable, "-m", "glotpool", "embed-train", "--backbone", "minilm", "--pooler", "mean",
+           "--prompt", "Represent the sentence: {text}", "--tokens", "text", "--out", str(prompt_out), "--epochs", "1",
+           "--batch-size", "16", "--no-st", "--quiet"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    recipe = json.loads((prompt_out / "recipe.json").read_text())
+    assert recipe["prompt"] == "Represent the sentence: {text}" and recipe["states"]["tokens"] == "text"
+    card = json.loads((prompt_out / "model" / "encoder.json").read_text())
+    assert card["states"]["tokens"] == "text" and "Represent the sentence" in json.dumps(card)
