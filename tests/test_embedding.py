@@ -150,13 +150,20 @@ def test_reciprocal_ranks_agree_with_the_retrieval_metric():
     q, d = rng.normal(size=(40, 8)), rng.normal(size=(120, 8))
     relevant = [set(rng.choice(120, size=int(rng.integers(1, 4)), replace=False).tolist()) for _ in range(40)]
     q[:15] = d[[min(r) for r in relevant[:15]]] + 0.1 * q[:15]  # some queries find their document first
-    rr = zs.reciprocal_ranks(q, d, relevant)
-    assert rr.shape == (40,) and rr.mean() == pytest.approx(zs.retrieval_scores(q, d, relevant)["retrieval_mrr@10"])
+    details: dict = {}
+    mrr = zs.retrieval_scores(q, d, relevant, details)["retrieval_mrr@10"]
+    rr = details["retrieval_rr@10"]
+    assert rr.shape == (40,) and rr.mean() == pytest.approx(mrr)
+    cos = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (d / np.linalg.norm(d, axis=1, keepdims=True)).T
+    rank = [1 + int((cos[i] > max(cos[i, j] for j in rel)).sum()) for i, rel in enumerate(relevant)]  # no ties
+    np.testing.assert_allclose(rr, [1 / r if r <= 10 else 0.0 for r in rank])  # an independent count
     assert (rr == 0).any() and (rr == 1).any()  # both ends occur: the check is not vacuous
     # hand-built ranks: the relevant document at rank 1, 3 and 11 (beyond @10)
     q = np.eye(3)[[0]].repeat(3, 0)
     d = np.stack([np.eye(3)[0] * (1 - 0.01 * i) + np.eye(3)[1] * 0.01 * i for i in range(12)])
-    assert zs.reciprocal_ranks(q, d, [{0}, {2}, {10}]).tolist() == [1.0, pytest.approx(1 / 3), 0.0]
+    details = {}
+    zs.retrieval_scores(q, d, [{0}, {2}, {10}], details)
+    assert details["retrieval_rr@10"].tolist() == [1.0, pytest.approx(1 / 3), 0.0]
 
 
 def test_seed_rows_and_paired_tests():

@@ -33,7 +33,7 @@ from glotpool.data import TextDataset, read_table
 from glotpool.data.fetch import default_data_dir
 from glotpool.data.splits import split_dataset, subsample
 from glotpool.states.cache import TokenCache, unique_texts
-from glotpool.training.metrics import compute_metrics
+from glotpool.training.metrics import compute_metrics, reciprocal_ranks_at_k
 
 PROMPTEOL = 'This sentence : "{text}" means in one word:"'
 GRADES = {"entailment": 2.0, "neutral": 1.0, "contradiction": 0.0}
@@ -107,8 +107,14 @@ def _unit(z: np.ndarray) -> np.ndarray:
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
-def retrieval_scores(q: np.ndarray, d: np.ndarray, relevant: list[set[int]]) -> dict[str, float]:
-    m = compute_metrics("retrieval", _unit(q) @ _unit(d).T, relevant)
+def retrieval_scores(q: np.ndarray, d: np.ndarray, relevant: list[set[int]],
+                     details: dict | None = None) -> dict[str, float]:
+    """MRR@10, recall@1 / @10 by cosine. ``details``: filled with the per-query reciprocal ranks
+    (``retrieval_rr@10``, whose mean is the MRR@10 returned) from the same similarity matrix."""
+    sims = _unit(q) @ _unit(d).T  # [Q, N]
+    m = compute_metrics("retrieval", sims, relevant)
+    if details is not None:
+        details["retrieval_rr@10"] = reciprocal_ranks_at_k(sims, relevant, 10)
     return {f"retrieval_{k}": m[k] for k in ("mrr@10", "recall@1", "recall@10")}
 
 
@@ -117,18 +123,6 @@ def graded_spearman(z1: np.ndarray, z2: np.ndarray, grades: Sequence[float]) -> 
 
     cos = (_unit(z1) * _unit(z2)).sum(1)
     return float(spearmanr(cos, np.asarray(grades, dtype=np.float64)).statistic)
-
-
-def reciprocal_ranks(q: np.ndarray, d: np.ndarray, relevant: list[set[int]], k: int = 10) -> np.ndarray:
-    """Per query ``1 / rank`` of its best-ranked relevant document by cosine, 0 beyond rank ``k`` -> ``[Q]``; the
-    mean is MRR@k. Ties rank the relevant document after every document scored equal to it (pessimistic)."""
-    sims = _unit(q) @ _unit(d).T  # [Q, N]
-    out = np.zeros(len(relevant))
-    for i, rel in enumerate(relevant):
-        best = max(sims[i, j] for j in rel)
-        rank = int((sims[i] >= best).sum())  # documents scored at least as high as the best relevant one
-        out[i] = 1.0 / rank if rank <= k else 0.0
-    return out
 
 
 def probe_scores(ztr: np.ndarray, ytr: Sequence, zte: np.ndarray, yte: Sequence, seed: int = 42,
@@ -173,9 +167,7 @@ def evaluate_embedder(embed: Embedder, data: ZeroShotData, details: dict | None 
         raise ValueError("the embedder returned non-finite vectors (NaN/Inf)")
     row = {t: i for i, t in enumerate(texts)}
     get = lambda ts: z[[row[t] for t in ts]]  # noqa: E731
-    out = retrieval_scores(get(data.queries), get(data.corpus), data.relevant)
-    if details is not None:
-        details["retrieval_rr@10"] = reciprocal_ranks(get(data.queries), get(data.corpus), data.relevant)
+    out = retrieval_scores(get(data.queries), get(data.corpus), data.relevant, details)
     out["graded_spearman"] = graded_spearman(get(data.pairs.texts), get(data.pairs.texts2), data.pairs.labels)
     out.update(probe_scores(get(data.probe_train.texts), data.probe_train.labels, get(data.probe_test.texts),
                             data.probe_test.labels, details=details))
@@ -223,7 +215,7 @@ def seed_group(label: str) -> str:
 
 def group_seeds(results: list[dict]) -> list[dict]:
     """Runs that differ only in their ``-sN`` suffix -> one row: ``scores`` and ``details`` hold one entry per seed,
-    ``seeds`` lists the run labels. First-seen order."""
+    ``runs`` lists the run labels. First-seen order."""
     groups: dict[str, dict] = {}
     for r in results:
         g = groups.setdefault(seed_group(r["system"]), {"system": seed_group(r["system"]), "kind": r["kind"],
@@ -251,6 +243,7 @@ def paired_tests(groups: list[dict], n_resamples: int = 10_000) -> list[dict]:
                 if key not in a["details"] or key not in b["details"]:
                     continue
                 va, vb = np.mean(a["details"][key], axis=0), np.mean(b["details"][key], axis=0)
+                # kind "accuracy": the metric is the mean of the per-example values (golds are not read)
                 t = paired_bootstrap(va, vb, np.zeros(len(va)), "accuracy", n_resamples=n_resamples)
                 out.append({"system": a["system"], "baseline": b["system"], "metric": metric, "delta": t.delta,
                             "low": t.low, "high": t.high, "p_value": t.p_value, "seeds": len(a["runs"])})

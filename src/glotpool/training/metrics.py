@@ -125,15 +125,20 @@ def _relevant(relevant: Sequence[Iterable[int]], n_queries: int) -> list[set]:
     return rel
 
 
-def mrr_at_k(scores, relevant, k: int = 10, *, ranked: bool = False) -> float:
-    """Mean over queries of 1 / (rank of the first relevant doc), 0 if none in the top k."""
+def reciprocal_ranks_at_k(scores, relevant, k: int = 10, *, ranked: bool = False) -> np.ndarray:
+    """Per query 1 / (rank of the first relevant doc), 0 if none in the top k -> ``[Q]`` (their mean is MRR@k)."""
     runs = _rankings(scores, k, ranked)
     rel = _relevant(relevant, len(runs))
-    total = 0.0
-    for run, r in zip(runs, rel):
+    out = np.zeros(len(runs))
+    for q, (run, r) in enumerate(zip(runs, rel)):
         hits = [i for i, d in enumerate(run.tolist()) if d in r]
-        total += 1.0 / (hits[0] + 1) if hits else 0.0
-    return total / len(runs)
+        out[q] = 1.0 / (hits[0] + 1) if hits else 0.0
+    return out
+
+
+def mrr_at_k(scores, relevant, k: int = 10, *, ranked: bool = False) -> float:
+    """Mean over queries of 1 / (rank of the first relevant doc), 0 if none in the top k."""
+    return float(reciprocal_ranks_at_k(scores, relevant, k, ranked=ranked).mean())
 
 
 def recall_at_k(scores, relevant, k: int = 10, *, ranked: bool = False) -> float:
