@@ -90,6 +90,17 @@ def test_linear_head_reaches_the_dev_tuned_sklearn_probe_on_real_sentences(minil
     assert "Δ vs best" in table and "mean + sklearn LR" in table
 
 
+def test_a_dev_grid_belongs_to_the_converged_budget():
+    from glotpool.experiments.budgets import CONVERGED_GRID, protocol
+
+    base, grid, metric = protocol("converged", TrainConfig(batch_size=16), {"lr": (1e-3,)}, "single")
+    assert grid == {"lr": (1e-3,)} and base.batch_size == 16 and base.schedule == "cosine" and metric == "accuracy"
+    assert protocol("converged", TrainConfig(), None, "sts")[1:] == (dict(CONVERGED_GRID), "spearman")
+    assert protocol("fixed", TrainConfig(lr=0.5), None, "single")[0].lr == 0.5
+    with pytest.raises(ValueError, match="converged budget only"):
+        protocol("paper", TrainConfig(), {"lr": (1e-3,)}, "single")
+
+
 def test_a_plateaued_dev_metric_stops_but_keeps_the_lowest_loss_tie():
     """Patience counts epochs without a better dev metric; among tied epochs the lowest dev loss is kept."""
     import torch

@@ -214,11 +214,47 @@ def test_sweep_on_a_preset_reports_density_per_run(minilm, tmp_path, monkeypatch
 
     monkeypatch.setenv("GLOTPOOL_DATA", str(DATA))  # the shipped pang-lee fixture in the fetched-data layout
     settings = SweepSettings(source=TaskSource("pang-lee"), grid={"tau": [0.2, 0.8]}, base_options={"hidden_dim": 16},
-                             seeds=(0, 1), train=TrainConfig(epochs=1, show_progress=False), show_progress=False)
+                             seeds=(0, 1), budget="fixed", train=TrainConfig(epochs=1, show_progress=False),
+                             show_progress=False)
     result = run_sweep(settings, tmp_path / "sw", backbone=minilm)
     assert len(result["rows"]) == 4
+    assert all(r["best_epoch"] == 1 for r in result["rows"])  # fixed: exactly the given one epoch
     rows = list(csv.DictReader(open(tmp_path / "sw" / "runs.csv")))
     dens = {r["tau"]: float(r["edges_per_token"]) for r in rows}
     assert dens["0.2"] > dens["0.8"] >= 1.0  # a lower threshold keeps more edges
     assert (tmp_path / "sw" / "sweep_tau.png").stat().st_size > 5000
     assert "| 0.2 |" in (tmp_path / "sw" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_sweep_tunes_each_point_on_dev_and_tests_it_against_the_best(minilm, tmp_path, monkeypatch):
+    """Under the converged budget every sweep point gets its own dev-chosen lr (seed 0 over the grid, the other
+    seeds at the choice), and the summary carries compare's paired test against the best point and the dev pick."""
+    import csv
+
+    from glotpool.data import TaskSource
+    from glotpool.experiments.sweep import SweepSettings, run_sweep
+
+    monkeypatch.setenv("GLOTPOOL_DATA", str(DATA))
+    settings = SweepSettings(source=TaskSource("pang-lee"), grid={"tau": [0.2, 0.8]}, base_options={"hidden_dim": 16},
+                             seeds=(0, 1), train_grid={"lr": [1e-4, 1e-2]}, show_progress=False)
+    result = run_sweep(settings, tmp_path / "sw", backbone=minilm)
+    assert result["budget"]["name"] == "converged" and result["budget"]["base"]["schedule"] == "cosine"
+    rows = list(csv.DictReader(open(tmp_path / "sw" / "runs.csv")))
+    assert len(rows) == 4  # 2 points x 2 seeds at the chosen lr (the grid's other point ran with seed 0 only)
+    assert len(list((tmp_path / "sw" / "runs").glob("*/lr-*/seed-0/run.json"))) == 4
+    for point in result["summary"]:
+        dev = point["dev_grid"]  # seed 0's dev accuracy at each lr
+        assert set(dev) == {"lr-0.0001", "lr-0.01"}
+        assert dev[f"lr-{point['chosen']['lr']:g}"] == max(dev.values())
+        tau_rows = [r for r in rows if float(r["tau"]) == point["point"]["tau"]]
+        assert {float(r["lr"]) for r in tau_rows} == {point["chosen"]["lr"]}
+        assert point["mean"] == pytest.approx(np.mean([float(r["test_accuracy"]) for r in tau_rows]))
+    sig = result["significance"]
+    best = max(result["summary"], key=lambda r: r["mean"])
+    assert sig["best"] == best["label"] and set(sig["tests"]) == {r["label"] for r in result["summary"]} - {sig["best"]}
+    picked = max(result["summary"], key=lambda r: r["dev"])["label"]
+    assert result["dev_selected"] == picked
+    summary = (tmp_path / "sw" / "summary.md").read_text()
+    assert "Δ vs best" in summary and "best |" in summary and "lr ∈ {0.0001, 0.01}" in summary
+    assert next(line for line in summary.splitlines() if line.startswith(f"| {picked.split('=')[1]} |")).count("◆") == 1

@@ -150,6 +150,24 @@ def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
                    help="bf16 = bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX and on GPUs)")
 
 
+def add_budget_args(p: argparse.ArgumentParser, grid_flag: str = "--grid") -> None:
+    """``--budget`` and the converged budget's dev grid (``grid_flag``; read back as ``args.train_grid``)."""
+    from glotpool.experiments.budgets import BUDGET_NAMES, CONVERGED_GRID
+
+    p.add_argument("--budget", default="converged", choices=BUDGET_NAMES,
+                   help="converged: warm-up + cosine, early stopping, lr x weight decay chosen on dev; "
+                        "paper: the published 3 epochs at lr 1e-4; fixed: exactly --lr/--epochs/...")
+    p.add_argument(grid_flag, nargs="*", default=None, metavar="KEY=V1,V2", dest="train_grid",
+                   help="converged budget's dev grid, e.g. lr=1e-3,1e-2 weight_decay=0,0.01 (default "
+                        + " ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in CONVERGED_GRID.items()) + ")")
+
+
+def train_grid(args: argparse.Namespace) -> dict | None:
+    from glotpool.experiments.sweep import parse_grid
+
+    return parse_grid(args.train_grid) if args.train_grid else None
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                        patience=args.patience, grad_clip=args.grad_clip, class_weights=args.class_weights,

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from glotpool.cli._common import (add_backbone_state_args, add_cache_dir_arg, add_task_args, add_train_args, csv_list,
-                                  pooler_list, task_source, train_config)
+from glotpool.cli._common import (add_backbone_state_args, add_budget_args, add_cache_dir_arg, add_task_args,
+                                  add_train_args, csv_list, pooler_list, task_source, train_config, train_grid)
 
 
 def register(subparsers) -> None:
-    from glotpool.experiments.budgets import BUDGET_NAMES, CONVERGED_GRID
     from glotpool.experiments.compare import DEFAULT_POOLERS, CompareSettings
 
     d = CompareSettings()
@@ -36,12 +35,7 @@ def register(subparsers) -> None:
     g.add_argument("--mix-size", type=int, default=d.mix_size,
                    help="layers of the suite's mix: this many evenly spaced, plus the best dev layer and the last")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/dev/test split")
-    p.add_argument("--budget", default=d.budget, choices=BUDGET_NAMES,
-                   help="converged: warm-up + cosine, early stopping, lr x weight decay chosen per pooler on dev; "
-                        "paper: the published 3 epochs at lr 1e-4; fixed: exactly --lr/--epochs/...")
-    p.add_argument("--grid", nargs="*", default=None, metavar="KEY=V1,V2",
-                   help="converged budget's dev grid, e.g. lr=1e-3,1e-2 weight_decay=0,0.01 (default "
-                        + " ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in CONVERGED_GRID.items()) + ")")
+    add_budget_args(p)  # --budget, --grid
     p.add_argument("--probe", choices=["sklearn"], default=None,
                    help="add a dev-tuned scikit-learn LogisticRegression row for each parameter-free pooler")
     add_cache_dir_arg(p)
@@ -52,7 +46,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from glotpool.experiments.compare import DEFAULT_POOLERS, CompareSettings, run_compare
-    from glotpool.experiments.sweep import parse_grid
 
     if args.suite is None and (args.suite_rows is not None):
         raise ValueError("--suite-rows selects rows of a suite; give --suite decoder")
@@ -60,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--suite {args.suite} has its own rows; drop --poolers (shrink the suite with --suite-rows)")
     settings = CompareSettings(backbone=args.backbone, source=task_source(args), poolers=args.poolers,
                                seeds=args.seeds, train=train_config(args), budget=args.budget,
-                               grid=parse_grid(args.grid) if args.grid else None, probe=args.probe,
+                               grid=train_grid(args), probe=args.probe,
                                max_length=args.max_length, layer=args.layer, prompt=args.prompt,
                                layers=args.layers, cache_dir=args.cache_dir, show_progress=not args.quiet,
                                suite=args.suite, suite_rows=args.suite_rows, mix_size=args.mix_size)

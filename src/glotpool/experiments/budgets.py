@@ -19,6 +19,7 @@ from pathlib import Path
 
 from glotpool.experiments.runs import PoolerSpec, RunRecord, run_one
 from glotpool.states.cache import TokenCache
+from glotpool.training.heads import default_metric
 from glotpool.training.trainer import CachedSplits, TrainConfig, _is_better, resolve_metric
 
 BUDGET_NAMES = ("converged", "paper", "fixed")
@@ -39,6 +40,19 @@ def budget_config(budget: str, given: TrainConfig) -> tuple[TrainConfig, dict]:
     if budget == "fixed":
         return given, {}
     raise ValueError(f"unknown budget {budget!r}; valid: {', '.join(BUDGET_NAMES)}")
+
+
+def protocol(budget: str, given: TrainConfig, grid: dict | None, task_type: str) -> tuple[TrainConfig, dict, str]:
+    """The ``(base TrainConfig, dev grid, metric)`` every row of one experiment is trained and selected under.
+
+    ``grid`` (e.g. ``{"lr": [1e-3, 1e-2]}``) replaces the converged budget's :data:`CONVERGED_GRID`; the other budgets
+    select nothing, so a grid with them is an error rather than silently unused.
+    """
+    base, default_grid = budget_config(budget, replace(given, show_progress=False))
+    if grid is not None and budget != "converged":
+        raise ValueError(f"a dev grid ({grid}) is searched by the converged budget only, not by {budget!r}; "
+                         "drop the grid or use budget 'converged'")
+    return base, dict(grid) if grid is not None else default_grid, base.metric or default_metric(task_type)
 
 
 def point_name(point: dict) -> str:

@@ -11,19 +11,18 @@ chosen hyperparameters, Δ vs best with interval and p-value) and ``comparison.p
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from glotpool.data import TaskSource
-from glotpool.experiments.budgets import budget_config, tune_and_run
+from glotpool.experiments.budgets import protocol, tune_and_run
 from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, mean_std
 from glotpool.experiments.significance import compare_to_best
 from glotpool.experiments.scaffold import adapt_spec, prepare_experiment
 from glotpool.io_utils import atomic_write_json, atomic_write_text
-from glotpool.training.heads import default_metric
 from glotpool.training.trainer import TrainConfig
 
 DEFAULT_POOLERS = ("mean", "max", "cls", "adapool", "glot")
@@ -63,17 +62,6 @@ def backbone_states(settings: CompareSettings) -> dict:
     return {"layer": settings.layer, **{k: v for k, v in given.items() if v is not None}}
 
 
-def protocol(settings: CompareSettings, task_type: str) -> tuple:
-    """The (base TrainConfig, dev grid, metric) every row of one comparison is trained and selected under.
-
-    The budget names the protocol; a grid given in the settings replaces the converged budget's grid.
-    """
-    base, grid = budget_config(settings.budget, replace(settings.train, show_progress=False))
-    if settings.grid is not None and settings.budget == "converged":
-        grid = dict(settings.grid)
-    return base, grid, base.metric or default_metric(task_type)
-
-
 def run_compare(settings: CompareSettings, out_dir: str | Path, backbone=None) -> dict:
     from glotpool.states.backbone import load_backbone
 
@@ -88,7 +76,7 @@ def run_compare(settings: CompareSettings, out_dir: str | Path, backbone=None) -
     exp = prepare_experiment(backbone, task, settings.cache_dir or out_dir / "cache",
                              show_progress=settings.show_progress)
     specs = [adapt_spec(PoolerSpec.parse(text), backbone, settings.glot_defaults) for text in settings.poolers]
-    base, grid, metric = protocol(settings, task.task_type)
+    base, grid, metric = protocol(settings.budget, settings.train, settings.grid, task.task_type)
     records, summary = [], []
     bar = tqdm(total=len(specs), desc=f"compare {task.name} ({settings.budget})", unit="pooler",
                disable=not settings.show_progress or None)

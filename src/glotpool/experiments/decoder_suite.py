@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from glotpool.experiments.budgets import tune_and_run
-from glotpool.experiments.compare import (CompareSettings, check_probe, probe_row, protocol, row_cells,
+from glotpool.experiments.budgets import protocol, tune_and_run
+from glotpool.experiments.compare import (CompareSettings, check_probe, probe_row, row_cells,
                                           significance_vs_best, summary_row, table_intro)
 from glotpool.experiments.layers import LayerSettings, format_layer_table, run_layers
 from glotpool.experiments.runs import PoolerSpec
@@ -145,7 +145,7 @@ def run_decoder_suite(settings: CompareSettings, out_dir: str | Path, backbone=N
     if any(not np.array_equal(e.data["test"].targets, golds) for e in exps.values()):
         raise RuntimeError("the caches' test targets differ; the paired tests need the same test rows")
 
-    base, grid, metric = protocol(settings, task.task_type)
+    base, grid, metric = protocol(settings.budget, settings.train, settings.grid, task.task_type)
     records, summary = [], []
     bar = tqdm(total=len(rows), desc=f"decoder suite {task.name} ({settings.budget})", unit="row",
                disable=not settings.show_progress or None)

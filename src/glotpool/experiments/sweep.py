@@ -3,9 +3,12 @@
     run_sweep(SweepSettings(task="pang-lee", grid={"tau": [0.0, 0.2, 0.4, 0.6, 0.8], "conv": ["gat", "gcn", "gin"]}),
               out_dir="runs/sweep")
 
-The task is a preset / local files (as in ``compare``) or ``stress:<ratio>`` for the stress-test data. Every run is
-resumable. Writes ``runs.csv`` and ``runs.json`` (one tidy row per run, with graph density), ``summary.md`` (mean ±
-std per grid point) and ``sweep_<key>.png`` (metric vs each swept value, marginalised over the other keys).
+The task is a preset / local files (as in ``compare``) or ``stress:<ratio>`` for the stress-test data. Every grid
+point is trained under ``compare``'s protocol (:mod:`glotpool.experiments.budgets`; by default ``converged``, with lr
+× weight decay chosen on dev per point with the first seed) and tested against the best point by the same paired
+test. Every run is resumable. Writes ``runs.csv`` and ``runs.json`` (one tidy row per run, with graph density and the
+chosen hyperparameters), ``summary.md`` (mean ± std per grid point, dev score, Δ vs best, the dev-selected point) and
+``sweep_<key>.png`` (metric vs each swept value, marginalised over the other keys).
 """
 from __future__ import annotations
 
@@ -13,17 +16,18 @@ import csv
 import io
 import itertools
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from glotpool.data import LoadedTask, TaskSource
 from glotpool.data.stressgen import StressConfig, make_stress_data, stress_splits, token_counter
-from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, mean_std, parse_value, run_one
+from glotpool.experiments.budgets import protocol, tune_and_run
+from glotpool.experiments.compare import row_cells, significance_vs_best, summary_row
+from glotpool.experiments.runs import PoolerSpec, mean_std, parse_value
 from glotpool.experiments.scaffold import graph_stats, prepare_experiment
 from glotpool.io_utils import atomic_write_json, atomic_write_text
-from glotpool.training.heads import default_metric
 from glotpool.training.trainer import TrainConfig
 
 # short grid names -> GLOTPooling options
@@ -54,7 +58,9 @@ class SweepSettings:
     base_options: dict = field(default_factory=dict)
     grid: dict = field(default_factory=lambda: {"tau": [0.0, 0.2, 0.4, 0.6, 0.8]})
     seeds: tuple[int, ...] = (0, 1, 2)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-3, patience=4))
+    budget: str = "converged"  # converged | paper | fixed (glotpool.experiments.budgets), as in compare
+    train: TrainConfig = field(default_factory=TrainConfig)  # "fixed": used as is; else device/batch size/precision
+    train_grid: dict | None = None  # converged budget: lr × weight decay chosen per point on dev (None: CONVERGED_GRID)
     cache_dir: str | None = None  # default OUT/cache
     show_progress: bool = True
 
@@ -81,37 +87,46 @@ def run_sweep(settings: SweepSettings, out_dir: str | Path, backbone=None) -> di
     task = _load(settings, backbone)
     exp = prepare_experiment(backbone, task, settings.cache_dir or out_dir / "cache",
                              show_progress=settings.show_progress)
-    cache, data, task_type = exp.cache, exp.data, task.task_type
+    cache, data = exp.cache, exp.data
     keys = list(settings.grid)
     points = [dict(zip(keys, combo)) for combo in itertools.product(*(settings.grid[k] for k in keys))]
-    cfg = replace(settings.train, show_progress=False)
-    metric = cfg.metric or default_metric(task_type)
-    rows = []
-    bar = tqdm(total=len(points) * len(settings.seeds), desc="sweep", unit="run",
+    base, train_grid, metric = protocol(settings.budget, settings.train, settings.train_grid, task.task_type)
+    rows, summary = [], []
+    bar = tqdm(total=len(points), desc=f"sweep ({settings.budget})", unit="point",
                disable=not settings.show_progress or None)  # None: off when stderr is not a terminal
     for point in points:
         label = ",".join(f"{k}={v}" for k, v in point.items())
+        bar.set_postfix_str(label)
         spec = PoolerSpec.of(settings.pooler, label=label, **{**settings.base_options, **point})
         spec = spec.resolved(cache, data["train"].idx1)
         graph = graph_stats(spec, cache, data["test"].idx1) if settings.pooler == "glot" else {}
-        for seed in settings.seeds:
-            bar.set_postfix_str(f"{label} seed {seed}")
-            rec = run_one(spec, cache, data, cfg, seed=seed, run_dir=out_dir / "runs" / label / f"seed-{seed}")
-            rows.append({**point, "seed": seed, "dev_" + metric: rec.dev.get(metric),
+        chosen, recs, dev_table = tune_and_run(spec, cache, data, base, train_grid, settings.seeds,
+                                               out_dir / "runs" / label, save_model=False)
+        for rec in recs:
+            rows.append({**point, "seed": rec.seed, **chosen, "dev_" + metric: rec.dev.get(metric),
                          "test_" + metric: rec.test.get(metric) if rec.test else None,
                          "edges_per_token": graph.get("edges_per_token"), "density": graph.get("density"),
                          "best_epoch": rec.best_epoch, "parameters": rec.trainable_parameters,
                          "seconds_per_epoch": rec.seconds_per_epoch})
-            bar.update(1)
+        summary.append({**summary_row(label, chosen, recs, dev_table, metric), "point": point,
+                        "edges_per_token": graph.get("edges_per_token"), "density": graph.get("density")})
+        bar.update(1)
     bar.close()
-    result = {"settings": asdict(settings), "metric": metric, "rows": rows, "total_seconds": time.perf_counter() - t0}
+    significance = significance_vs_best(summary, data["test"].targets, metric)
+    for row in summary:
+        row.pop("predictions", None)
+    selected = max(summary, key=lambda r: r["dev"])["label"]  # dev only; ties: the first point
+    result = {"settings": asdict(settings), "metric": metric,
+              "budget": {"name": settings.budget, "base": asdict(base), "grid": train_grid},
+              "rows": rows, "summary": summary, "significance": significance, "dev_selected": selected,
+              "total_seconds": time.perf_counter() - t0}
     atomic_write_json(out_dir / "runs.json", result)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out_dir / "runs.csv", buf.getvalue())
-    atomic_write_text(out_dir / "summary.md", format_summary(rows, keys, metric, settings))
+    atomic_write_text(out_dir / "summary.md", format_summary(result, keys))
     from glotpool.experiments.report import plot_lines
 
     for key in keys:
@@ -124,20 +139,34 @@ def run_sweep(settings: SweepSettings, out_dir: str | Path, backbone=None) -> di
     return result
 
 
-def format_summary(rows: list[dict], keys: list[str], metric: str, settings: SweepSettings) -> str:
-    lines = [f"# sweep — {settings.pooler} on {settings.task_name} (frozen {settings.backbone})", "",
-             f"Test {metric} (%), mean ± std over seeds {list(settings.seeds)}; graph density = mean edges per token "
-             "(self-loop included) on the test split.", "",
-             "| " + " | ".join(keys) + f" | test {metric} | edges/token | params |",
-             "|" + "---|" * (len(keys) + 3)]
-    seen = []
-    for r in rows:
-        point = tuple(r[k] for k in keys)
-        if point in seen:
-            continue
-        seen.append(point)
-        group = [x for x in rows if tuple(x[k] for k in keys) == point]
-        ept = group[0]["edges_per_token"]
-        lines.append("| " + " | ".join(str(v) for v in point) + f" | {fmt_mean_std([g['test_' + metric] for g in group])}"
-                     f" | {'' if ept is None else f'{ept:.1f}'} | {group[0]['parameters']:,} |")
+def format_summary(result: dict, keys: list[str]) -> str:
+    """One row per grid point: test mean ± std (bold: best or not significantly worse), mean dev score, the dev-chosen
+    lr / weight decay, Δ vs the best point with its interval and p-value, graph density, parameters. ◆ marks the point
+    a user would pick: the best by dev, never by test."""
+    s, metric, sig = result["settings"], result["metric"], result.get("significance") or {}
+    b = result["budget"]
+    grid = ", ".join(f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in b["grid"].items())
+    protocol_text = (f"budget `converged` (up to {b['base']['epochs']} epochs, warm-up + cosine decay, early stopping "
+                     f"on dev; per point {grid} chosen on dev with the first seed)" if b["name"] == "converged"
+                     else f"budget `{b['name']}` (no selection)")
+    lines = [f"# sweep — {s['pooler']} on {_task_name(s)} (frozen {s['backbone']})", "",
+             f"Test {metric} (%), mean ± std over seeds {list(s['seeds'])}; {protocol_text}. Edges/token = mean "
+             "edges per token (self-loop included) on the test split.", ""]
+    if sig:
+        lines += [f"Δ vs best: difference to **{sig['best']}** (paired bootstrap over test examples of the "
+                  f"seed-averaged predictions), 95 % interval and p-value; † = not significantly different from the "
+                  f"best at α = {sig['alpha']}. ◆ = the best point by mean dev {metric} (the one to pick).", ""]
+    lines += ["| " + " | ".join(keys) + f" | test {metric} | dev {metric} | chosen | Δ vs best [95 % CI], p "
+              "| edges/token | params |", "|" + "---|" * (len(keys) + 6)]
+    for r in result["summary"]:
+        c = row_cells(r, sig)
+        ept = r["edges_per_token"]
+        mark = " ◆" if r["label"] == result["dev_selected"] else ""
+        lines.append("| " + " | ".join(str(r["point"][k]) for k in keys) + f" | {c['test']}{mark} | {r['dev'] * 100:.1f}"
+                     f" | {c['chosen']} | {c['delta']} | {'' if ept is None else f'{ept:.1f}'} | {c['params']} |")
     return "\n".join(lines) + "\n"
+
+
+def _task_name(settings: dict) -> str:
+    ratio = settings.get("stress_ratio")
+    return f"stress:{ratio:g}" if ratio is not None else (settings["source"].get("task") or "local")
