@@ -22,17 +22,24 @@ def test_dev_split_keeps_twins_together():
 @pytest.mark.slow
 def test_small_stress_run_glot_beats_mean_at_high_ratio(minilm, tmp_path):
     settings = StressSettings(ratios=(0.9,), poolers=("mean", "glot"), seeds=(0,), budgets=("converged",),
-                              n_train=240, n_eval=100, show_progress=False)
+                              train_grid={"lr": (1e-3,)}, n_train=240, n_eval=100, show_progress=False)
     result = run_stress(settings, tmp_path / "s", backbone=minilm)
     cells = result["summary"]["converged"]
     glot, mean = cells["glot"]["0.9"]["mean"], cells["mean"]["0.9"]["mean"]
     assert glot >= 0.85 and glot > mean + 0.15, (glot, mean)
+    # the gap is tested: one seed each, so McNemar on the 100 eval sentences; GLOT is the best, mean far below it
+    assert cells["glot"]["0.9"]["vs_best"] is None
+    test = cells["mean"]["0.9"]["vs_best"]
+    assert "McNemar" in test["method"] and test["p_value"] < 0.01
+    assert test["delta"] == pytest.approx(mean - glot)
+    assert all(r["train_config"]["schedule"] == "cosine" and r["chosen"] == {"lr": 1e-3} for r in result["records"])
     # graph density is reported for every GLOT run
     rec = next(r for r in result["records"] if r["label"] == "glot")
     assert 1.0 <= rec["graph"]["edges_per_token"] < 40
     saved = json.loads((tmp_path / "s" / "results.json").read_text())
     assert len(saved["records"]) == 2
-    assert "| glot |" in (tmp_path / "s" / "results.md").read_text()
+    table = (tmp_path / "s" / "results.md").read_text()
+    assert "| glot | **" in table and "| mean | " in table and "| mean | **" not in table
     assert (tmp_path / "s" / "data" / "ratio-0.9.jsonl").is_file()
     with Image.open(tmp_path / "s" / "accuracy_vs_ratio_converged.png") as im:
         assert im.size[0] >= 600 and im.size[1] >= 400

@@ -163,6 +163,7 @@ def add_budget_args(p: argparse.ArgumentParser, grid_flag: str = "--grid") -> No
 
 
 def train_grid(args: argparse.Namespace) -> dict | None:
+    """The parsed ``--grid`` / ``--train-grid`` of :func:`add_budget_args` (None: the budget's own)."""
     from glotpool.experiments.sweep import parse_grid
 
     return parse_grid(args.train_grid) if args.train_grid else None

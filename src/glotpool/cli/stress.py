@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from glotpool.cli._common import csv_list, pooler_list
+from glotpool.cli._common import csv_list, pooler_list, train_grid
 
 
 def register(subparsers) -> None:
@@ -22,8 +22,9 @@ def register(subparsers) -> None:
                    help="space-separated pooler specs, e.g. 'mean adapool glot glot-knn=glot:graph=knn,k=8'")
     p.add_argument("--seeds", type=csv_list(int), default=d.seeds)
     p.add_argument("--budgets", type=csv_list(str), default=d.budgets, help="paper,converged")
-    p.add_argument("--lr-grid", type=csv_list(float), default=d.lr_grid,
-                   help="converged budget: learning rates tried on dev with the first seed")
+    p.add_argument("--train-grid", nargs="*", default=None, metavar="KEY=V1,V2",
+                   help="converged budget's dev grid per ratio and pooler, e.g. lr=1e-3,1e-2 weight_decay=0.01 "
+                        "(default: compare's lr=0.0003,0.001,0.003,0.01 weight_decay=0,0.01)")
     p.add_argument("--n-train", type=int, default=d.n_train)
     p.add_argument("--n-eval", type=int, default=d.n_eval)
     p.add_argument("--length", type=int, default=d.length, help="L, words per sentence the ratio refers to")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from glotpool.experiments.stress import StressSettings, run_stress
 
     settings = StressSettings(backbone=args.backbone, ratios=args.ratios, poolers=args.poolers, seeds=args.seeds,
-                              budgets=args.budgets, lr_grid=args.lr_grid, n_train=args.n_train, n_eval=args.n_eval,
+                              budgets=args.budgets, train_grid=train_grid(args), n_train=args.n_train, n_eval=args.n_eval,
                               length=args.length, negation_in_noise=args.negation_in_noise,
                               max_length=args.max_length, precision=args.precision, cache_dir=args.cache_dir,
                               show_progress=not args.quiet)

@@ -7,10 +7,13 @@ split from train by twin pair (no twin on both sides), cache the backbone states
 every seed under each budget:
 
 * ``paper``     — the published script's budget: 3 epochs, lr 1e-4, batch 32 (dev-selected epoch);
-* ``converged`` — early stopping on dev (patience 5, up to 50 epochs), lr picked on dev from ``lr_grid`` with the
-  first seed and reused for the others.
+* ``converged`` — ``compare``'s protocol (:mod:`glotpool.experiments.budgets`): warm-up + cosine decay, early
+  stopping on dev, lr × weight decay picked per ratio and pooler on dev from ``train_grid`` with the first seed and
+  reused for the others.
 
-The eval split is touched once per run, with the dev-selected weights. Every run is resumable (``run.json``).
+The eval split is touched once per run, with the dev-selected weights. Every run is resumable (``run.json``). Each
+ratio's table marks the poolers not significantly different from its best (paired bootstrap over the eval sentences
+of the seed-averaged predictions; McNemar with one seed).
 Outputs in ``out_dir``: ``results.json``, ``results.md``, ``accuracy_vs_ratio_<budget>.png``, ``token_weights.png``
 and the generated data (``data/ratio-*.jsonl``).
 """
@@ -25,19 +28,16 @@ import torch
 from tqdm.auto import tqdm
 
 from glotpool.data import LoadedTask
-from glotpool.experiments.budgets import PAPER
-from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, mean_std, run_one
+from glotpool.experiments.budgets import CONVERGED_GRID, point_name, protocol, tune_and_run
+from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, mean_std
+from glotpool.experiments.significance import compare_to_best
 from glotpool.io_utils import atomic_write_json, atomic_write_text
 from glotpool.data.stressgen import StressConfig, make_stress_data, save_stress_data, stress_splits, token_counter
 from glotpool.experiments.scaffold import adapt_spec, prepare_experiment
 from glotpool.experiments.scaffold import graph_stats as graph_stats_of
 from glotpool.training.trainer import TrainConfig
 
-BUDGETS = {
-    "paper": PAPER,  # the published setting: one owner, experiments.budgets
-    # the stress test's own converged budget (kept so its README numbers stay reproducible)
-    "converged": TrainConfig(epochs=50, lr=1e-3, batch_size=32, patience=5),
-}
+BUDGETS = ("paper", "converged")  # of experiments.budgets: the stress test trains as compare does
 DEFAULT_POOLERS = ("mean", "max", "cls", "adapool", "glot")
 # GLOT for the stress test: the published stress script's small GNN (hidden 64) with the paper's K=2 and tau=0.6.
 STRESS_GLOT = {"hidden_dim": 64, "num_layers": 2, "tau": 0.6}
@@ -58,7 +58,7 @@ class StressSettings:
     negation_in_noise: bool = False
     max_length: int = 256
     cache_batch_size: int = 32
-    lr_grid: tuple[float, ...] = (1e-3,)  # converged budget: learning rates tried with the first seed
+    train_grid: dict | None = None  # converged budget: the dev grid per ratio and pooler (None: CONVERGED_GRID)
     glot_defaults: dict = field(default_factory=lambda: dict(STRESS_GLOT))
     precision: str = "fp32"  # training precision: fp32 | bf16 (autocast)
     cache_dir: str | None = None  # where the per-ratio caches live (default OUT/cache); share it between runs
@@ -72,7 +72,7 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
     from glotpool.states.backbone import load_backbone
 
     out_dir = Path(out_dir)
-    unknown = [b for b in settings.budgets if b not in BUDGETS]
+    unknown = [b for b in settings.budgets if b not in BUDGETS]  # "fixed" has no meaning without a TrainConfig
     if unknown:
         raise ValueError(f"unknown budget(s) {unknown}; valid: {', '.join(BUDGETS)}")
     if not settings.seeds:
@@ -85,6 +85,7 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
     graph_stats: dict = {}
     cache_seconds: dict = {}
     weight_examples = None
+    golds: dict = {}  # ratio -> eval labels, for the paired tests
     n_runs = len(settings.ratios) * len(specs) * len(settings.budgets) * len(settings.seeds)
     bar = tqdm(total=n_runs, desc=f"stress {settings.backbone}", unit="run", disable=not settings.show_progress or None)
     for ratio in settings.ratios:
@@ -104,39 +105,31 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
             if spec.name == "glot":
                 graph_stats[(ratio, spec.label)] = {**graph_stats_of(spec, cache, splits["test"].idx1),
                                                     "tau": spec.kwargs.get("tau")}
+        golds[f"{ratio:g}"] = splits["test"].targets
         for budget in settings.budgets:
-            base = replace(BUDGETS[budget], show_progress=False, precision=settings.precision)
+            base, grid, _ = protocol(budget, TrainConfig(batch_size=32, precision=settings.precision),
+                                     settings.train_grid if budget == "converged" else None, "single")
             if settings.max_epochs is not None:
                 base = replace(base, epochs=min(base.epochs, settings.max_epochs))
             for spec in ratio_specs:
+                bar.set_postfix_str(f"r={ratio:g} {budget} {spec.label}")
                 run_root = out_dir / "runs" / f"ratio-{ratio:g}" / budget / spec.label
-                grid = settings.lr_grid if budget == "converged" else (base.lr,)
-                lr = grid[0]
-                for si, seed in enumerate(settings.seeds):
-                    bar.set_postfix_str(f"r={ratio:g} {budget} {spec.label} seed {seed}")
-                    keep = (budget == settings.budgets[-1] and si == 0 and ratio == max(settings.ratios)
-                            and spec.name in ("glot", "adapool"))
-
-                    def run(lr_):
-                        return run_one(spec, cache, splits, replace(base, lr=lr_), seed=seed,
-                                       run_dir=run_root / f"lr-{lr_:g}" / f"seed-{seed}", save_model=keep)
-
-                    if si == 0 and len(grid) > 1:  # pick the learning rate on dev with the first seed
-                        tried = [run(g) for g in grid]
-                        best = max(range(len(grid)), key=lambda i: tried[i].dev.get("accuracy", -1.0))
-                        lr, rec = grid[best], tried[best]
-                    else:
-                        rec = run(lr)
-                    run_dir = run_root / f"lr-{lr:g}" / f"seed-{seed}"
-                    row = {"ratio": ratio, "budget": budget, **asdict(rec), "run_dir": str(run_dir)}
+                # the token-weight figure's models: seed 0 at the highest ratio under the last budget
+                keep = budget == settings.budgets[-1] and ratio == max(settings.ratios) and spec.name in (
+                    "glot", "adapool")
+                chosen, recs, _ = tune_and_run(spec, cache, splits, base, grid, settings.seeds, run_root,
+                                               save_model=keep)
+                for rec in recs:
+                    row = {"ratio": ratio, "budget": budget, **asdict(rec), "chosen": chosen,
+                           "run_dir": str(run_root / point_name(chosen) / f"seed-{rec.seed}")}
                     if (ratio, spec.label) in graph_stats:
                         row["graph"] = graph_stats[(ratio, spec.label)]
                     records.append(row)
-                    if keep:
-                        weight_examples = (cache, data["eval"], splits)
-                    bar.update(1)
+                if keep:
+                    weight_examples = (cache, data["eval"], splits)
+                bar.update(len(settings.seeds))
     bar.close()
-    summary = summarize(records, settings)
+    summary = summarize(records, settings, golds)
     result = {"settings": asdict(settings), "backbone": backbone.fingerprint(), "records": records,
               "summary": summary, "cache_seconds": cache_seconds,
               "graph": [{"ratio": r, "pooler": l, **v} for (r, l), v in graph_stats.items()],
@@ -158,19 +151,33 @@ def backbone_tag(backbone) -> str:
     return f"{Path(str(backbone.config.name_or_path)).name}-L{backbone.config.layer}-{backbone.config.max_length}"
 
 
-def summarize(records: list[dict], settings: StressSettings) -> dict:
-    """``{budget: {pooler label: {ratio: {"mean", "std", "n", "edges_per_token"}}}}`` of eval accuracy."""
+def summarize(records: list[dict], settings: StressSettings, golds: dict) -> dict:
+    """``{budget: {pooler label: {ratio: {"mean", "std", "n", "acc", "chosen", "edges_per_token", "vs_best"}}}}`` of
+    eval accuracy; ``vs_best`` is the paired test against the ratio's best pooler under that budget (None: it is the
+    best)."""
     out: dict = {}
+    predictions: dict = {}
     for r in records:
-        cell = out.setdefault(r["budget"], {}).setdefault(r["label"], {}).setdefault(f"{r['ratio']:g}", {"acc": []})
+        ratio = f"{r['ratio']:g}"
+        cell = out.setdefault(r["budget"], {}).setdefault(r["label"], {}).setdefault(ratio, {"acc": []})
         cell["acc"].append((r["test"] or {}).get("accuracy", math.nan))
+        cell["chosen"] = r.get("chosen", {})
         if "graph" in r:
             cell["edges_per_token"] = r["graph"]["edges_per_token"]
-    for budget in out.values():
-        for pooler in budget.values():
+        predictions.setdefault((r["budget"], ratio), {}).setdefault(r["label"], []).append(r.get("test_predictions"))
+    for budget, poolers in out.items():
+        for pooler in poolers.values():
             for cell in pooler.values():
                 m, s = mean_std(cell["acc"])
                 cell.update(mean=m, std=s, n=len(cell["acc"]))
+        for ratio in {r for cells in poolers.values() for r in cells}:
+            rows = {label: p for label, p in predictions[(budget, ratio)].items() if None not in p}
+            if len(rows) < 2 or ratio not in golds:
+                continue
+            best = max(rows, key=lambda label: poolers[label][ratio]["mean"])
+            tests = compare_to_best(rows, golds[ratio], "accuracy", best)
+            for label in rows:
+                poolers[label][ratio]["vs_best"] = asdict(tests[label]) if label in tests else None
     return out
 
 
@@ -181,18 +188,20 @@ def format_table(summary: dict, settings: StressSettings, graph: list[dict]) -> 
              f"({settings.dev_fraction:.0%} of it carved out as dev, split by twin pair) / {settings.n_eval} eval, "
              f"L={settings.length} words, negation words in noise: {settings.negation_in_noise}.", ""]
     for budget, poolers in summary.items():
-        lines += [f"## budget `{budget}`", "", "| pooler | " + " | ".join(f"r={r}" for r in ratios) + " |",
-                  "|---|" + "---|" * len(ratios)]
-        best = {r: max((p.get(r, {}).get("mean", -1) for p in poolers.values()), default=-1) for r in ratios}
+        grid = settings.train_grid or CONVERGED_GRID
+        tuned = budget == "converged" and any(len(v) > 1 for v in grid.values())  # a "chosen" column says something
+        lines += [f"## budget `{budget}`", "",
+                  (_converged_text(grid, tuned) if budget == "converged" else
+                   "3 epochs at lr 1e-4 (the published setting), no selection")
+                  + ". **Bold**: the ratio's best, and † the poolers not significantly different from it (α = 0.05).",
+                  "", "| pooler | " + " | ".join(f"r={r}" for r in ratios) + " |" + (" chosen (lr, wd) per ratio |"
+                                                                                      if tuned else ""),
+                  "|---|" + "---|" * (len(ratios) + tuned)]
         for label, cells in poolers.items():
-            row = []
-            for r in ratios:
-                c = cells.get(r)
-                if c is None:
-                    row.append("")
-                    continue
-                text = fmt_mean_std(c["acc"])
-                row.append(f"**{text}**" if c["mean"] == best[r] else text)
+            row = [_cell(cells.get(r)) for r in ratios]
+            if tuned:
+                row.append(" · ".join("/".join(f"{v:g}" for v in c["chosen"].values()) if c.get("chosen") else "—"
+                                      for c in (cells.get(r, {}) for r in ratios)))
             lines.append(f"| {label} | " + " | ".join(row) + " |")
         lines.append("")
     if graph:
@@ -202,6 +211,28 @@ def format_table(summary: dict, settings: StressSettings, graph: list[dict]) -> 
                   f"{g['density']:.3f} |" for g in graph]
         lines.append("")
     return "\n".join(lines)
+
+
+def _converged_text(grid: dict, tuned: bool) -> str:
+    values = {k: ", ".join(f"{v:g}" for v in vals) for k, vals in grid.items()}
+    if not tuned:
+        return ("warm-up + cosine decay, early stopping on dev, at " + ", ".join(f"{k} {v}" for k, v in values.items())
+                + " (a one-point grid: no selection)")
+    return ("warm-up + cosine decay, early stopping on dev; per ratio and pooler "
+            + ", ".join(f"{k} ∈ {{{v}}}" for k, v in values.items()) + " chosen on dev with the first seed")
+
+
+def _cell(c: dict | None) -> str:
+    """A ratio's cell: mean ± std, bold when best or (†) not significantly different from the best."""
+    if c is None:
+        return ""
+    text = fmt_mean_std(c["acc"])
+    if "vs_best" not in c:  # no test (a lone pooler)
+        return text
+    t = c["vs_best"]
+    if t is None:
+        return f"**{text}**"
+    return f"**{text}** †" if t["p_value"] >= 0.05 else text
 
 
 def _token_weight_figure(out_dir: Path, records, backbone, weight_examples, settings: StressSettings) -> None:
