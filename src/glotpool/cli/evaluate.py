@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -71,6 +72,18 @@ def _parse_baselines(text: str | None, default_backbone: str | None, is_decoder:
     return out
 
 
+@dataclass
+class _System:
+    """One row of the evaluation: a pooler on one backbone's cached states."""
+
+    label: str
+    backbone_key: str  # the backbone's fingerprint (JSON): systems on one backbone share its cache
+    pooler: object
+    prompt: str | None  # a template the baseline's texts are wrapped in (PromptEOL), else None
+    kind: str  # "trained" | "baseline"
+    selection: dict = field(default_factory=dict)  # layers / tokens a trained encoder reads
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -85,17 +98,17 @@ def run(args: argparse.Namespace) -> int:
     data = zs.load_zeroshot_data(args.data_dir, n_retrieval=args.n_retrieval, n_graded=args.n_graded,
                                  n_probe=args.n_probe, seed=args.data_seed)
     backbones: dict[str, object] = {}  # key -> Backbone
-    systems = []  # (label, backbone key, pooler, prompt)
+    systems: list[_System] = []
     for m in args.model:
         folder = _model_folder(m)
         enc = Encoder.from_pretrained(folder, device=args.device)
         key = json.dumps(enc.backbone.fingerprint(), sort_keys=True, default=str)
         backbones.setdefault(key, enc.backbone)
         label = folder.parent.name if folder.name == "model" else folder.name
-        if any(s[0] == label for s in systems):
+        if any(s.label == label for s in systems):
             raise ValueError(f"two --model folders are both named {label!r}; their rows would mix")
         selection = {"layers": enc.layers, "tokens": enc.tokens}  # the states the encoder trained on
-        systems.append((label, key, enc.pooler, None, "trained", selection))
+        systems.append(_System(label, key, enc.pooler, None, "trained", selection))
     first_key = next(iter(backbones), None)
     if first_key is None and args.backbone is not None:
         bb = load_backbone(args.backbone, max_length=args.max_length, device=args.device)
@@ -120,9 +133,9 @@ def run(args: argparse.Namespace) -> int:
         pooler = build_pooler("last" if prompt else pooler_name, in_dim=bb.dim)
         short = Path(str(bb.config.name_or_path)).name
         label = f"{short} {pooler_name} (untrained)"
-        if any(s[0] == label for s in systems):
+        if any(s.label == label for s in systems):
             continue
-        systems.append((label, key, pooler, prompt, "baseline", {}))
+        systems.append(_System(label, key, pooler, prompt, "baseline"))
 
     tmp = None
     if args.cache_dir:
@@ -137,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for key, bb in backbones.items():
             wanted = list(texts)
-            if any(s[1] == key and s[3] for s in systems):
+            if any(s.backbone_key == key and s.prompt for s in systems):
                 wanted += zs.prompted(texts, zs.PROMPTEOL)
             short = Path(str(bb.config.name_or_path)).name
             digest = hashlib.sha256((key + "\0" + "\0".join(wanted)).encode()).hexdigest()[:12]
@@ -146,8 +159,9 @@ def run(args: argparse.Namespace) -> int:
                                       show_progress=not args.quiet, shard_tokens=50_000)  # resumable in small steps
             cache_seconds[short] = round(time.perf_counter() - t0, 1)
         results = []
-        for label, key, pooler, prompt, kind, selection in systems:
-            embed = zs.cache_embedder(caches[key], pooler, prompt, **selection)
+        for system in systems:
+            label, pooler = system.label, system.pooler
+            embed = zs.cache_embedder(caches[system.backbone_key], pooler, system.prompt, **system.selection)
             t0 = time.perf_counter()
             details: dict = {}
             scores = zs.evaluate_embedder(embed, data, details)
@@ -156,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
                 scores.update(local_mteb_scores(embed, pooler.out_dim, data.probe_train, data.probe_test,
                                                 data.pairs, 0.0, 2.0))
-            results.append({"system": label, "kind": kind, "scores": scores, "details": details,
+            results.append({"system": label, "kind": system.kind, "scores": scores, "details": details,
                             "eval_seconds": round(time.perf_counter() - t0, 1)})
             if not args.quiet:
                 print(f"[evaluate] {label}: " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()), file=sys.stderr)
