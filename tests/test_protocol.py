@@ -101,6 +101,20 @@ def test_a_dev_grid_belongs_to_the_converged_budget():
         protocol("paper", TrainConfig(), {"lr": (1e-3,)}, "single")
 
 
+def test_reports_name_the_protocol_from_its_config():
+    from dataclasses import asdict, replace
+
+    from glotpool.experiments.budgets import CONVERGED, CONVERGED_GRID, describe
+
+    text = describe("converged", asdict(CONVERGED), CONVERGED_GRID)
+    assert "up to 60 epochs, cosine decay" in text and "warm-up" not in text and "patience 8" in text
+    assert "lr ∈ {0.0003, 0.001, 0.003, 0.01}, weight_decay ∈ {0, 0.01} chosen on dev" in text
+    warm = describe("converged", asdict(replace(CONVERGED, warmup=0.05)), {"lr": (1e-3,)}, per="point")
+    assert "5% warm-up + cosine decay" in warm and "at lr 0.001 (a one-point grid: no selection)" in warm
+    assert describe("fixed", asdict(replace(CONVERGED, lr=0.02, epochs=7)), {}).startswith(
+        "budget `fixed`: lr 0.02, up to 7 epochs")
+
+
 def test_a_plateaued_dev_metric_stops_but_keeps_the_lowest_loss_tie():
     """Patience counts epochs without a better dev metric; among tied epochs the lowest dev loss is kept."""
     import torch

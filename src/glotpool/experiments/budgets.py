@@ -1,7 +1,7 @@
 """Training protocols ("budgets") and the per-pooler hyperparameter selection on dev they share.
 
 =============  =================================================================================================
-``converged``  (default) up to 60 epochs, linear warm-up (5 % of steps) + cosine decay, early stopping on the dev
+``converged``  (default) up to 60 epochs, cosine decay from the first step (no warm-up), early stopping on the dev
                metric (patience 8; ties broken by dev loss); lr × weight decay picked **per pooler** on dev from
                :data:`CONVERGED_GRID` with the first seed, every seed then trained at the chosen point
 ``paper``      the published script's setting: 3 epochs at lr 1e-4, constant, no early stopping, no selection
@@ -10,6 +10,11 @@
 
 The test split is never looked at before the choice is made: selection reads dev only, and each run evaluates test
 once with its best-dev-epoch weights.
+
+Why no warm-up: the heads are small and reach their best dev epoch within 2–6 epochs on the real tasks, where data,
+not step size, limits them; a warm-up over 5 % of 60 epochs (3 epochs) spent those epochs at a low rate. Measured on
+SNLI (MiniLM, 5000 pairs, seed 0, lr 1e-3): PMA's dev accuracy 57.6 with that warm-up, 58.7 without (and 58.5 ± 0.2
+under the old constant-rate fixed budget).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from glotpool.training.heads import default_metric
 from glotpool.training.trainer import CachedSplits, TrainConfig, _is_better, resolve_metric
 
 BUDGET_NAMES = ("converged", "paper", "fixed")
-CONVERGED = TrainConfig(epochs=60, lr=1e-3, weight_decay=0.01, patience=8, schedule="cosine", warmup=0.05)
+CONVERGED = TrainConfig(epochs=60, lr=1e-3, weight_decay=0.01, patience=8, schedule="cosine", warmup=0.0)
 CONVERGED_GRID = {"lr": (3e-4, 1e-3, 3e-3, 1e-2), "weight_decay": (0.0, 0.01)}
 PAPER = TrainConfig(epochs=3, lr=1e-4, batch_size=32, patience=0)
 
@@ -53,6 +58,23 @@ def protocol(budget: str, given: TrainConfig, grid: dict | None, task_type: str)
         raise ValueError(f"a dev grid ({grid}) is searched by the converged budget only, not by {budget!r}; "
                          "drop the grid or use budget 'converged'")
     return base, dict(grid) if grid is not None else default_grid, base.metric or default_metric(task_type)
+
+
+def describe(budget: str, base: dict, grid: dict, per: str = "pooler") -> str:
+    """One line naming a budget's protocol for a report, from its base config (``asdict``) and dev grid."""
+    if budget == "paper":
+        return "budget `paper`: 3 epochs at lr 1e-4 (the published setting), no selection"
+    if budget == "fixed":
+        return f"budget `fixed`: lr {base['lr']:g}, up to {base['epochs']} epochs, the same for every {per}"
+    warm = f"{base['warmup']:.0%} warm-up + " if base.get("warmup") else ""
+    schedule = {"cosine": "cosine decay", "linear": "linear decay", "constant": "a constant rate"}[base["schedule"]]
+    text = (f"budget `converged`: up to {base['epochs']} epochs, {warm}{schedule}, early stopping on dev "
+            f"(patience {base['patience']})")
+    values = {k: ", ".join(f"{v:g}" for v in vals) for k, vals in grid.items()}
+    if all(len(v) == 1 for v in grid.values()):
+        return text + "; at " + ", ".join(f"{k} {v}" for k, v in values.items()) + " (a one-point grid: no selection)"
+    return (text + f"; per {per} " + ", ".join(f"{k} ∈ {{{v}}}" for k, v in values.items())
+            + " chosen on dev with the first seed")
 
 
 def point_name(point: dict) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from glotpool.data import TaskSource
-from glotpool.experiments.budgets import protocol, tune_and_run
+from glotpool.experiments.budgets import describe, protocol, tune_and_run
 from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, mean_std
 from glotpool.experiments.significance import compare_to_best
 from glotpool.experiments.scaffold import adapt_spec, prepare_experiment
@@ -170,12 +170,8 @@ def table_intro(result: dict, what: str = "same head for all") -> list[str]:
     sizes = result["sizes"]
     sig = result.get("significance") or {}
     tests = sig.get("tests", {})
-    b = result.get("budget", {"name": s.get("budget", "fixed"), "grid": {}})
-    grid = ", ".join(f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in b["grid"].items())
-    protocol = {"converged": f"budget `converged`: up to {b.get('base', {}).get('epochs')} epochs, warm-up + cosine "
-                             f"decay, early stopping on dev; per pooler {grid} chosen on dev with the first seed",
-                "paper": "budget `paper`: 3 epochs at lr 1e-4 (the published setting), no selection",
-                "fixed": "budget `fixed`: the given lr / epochs for every pooler"}.get(b["name"], b["name"])
+    b = result["budget"]
+    protocol = describe(b["name"], b["base"], b["grid"])
     lines = [f"Test {result['metric']} (%), mean ± std over seeds {list(s['seeds'])}; {what}; {protocol}; "
              "splits " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + ".", ""]
     if sig:

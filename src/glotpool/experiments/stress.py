@@ -7,9 +7,9 @@ split from train by twin pair (no twin on both sides), cache the backbone states
 every seed under each budget:
 
 * ``paper``     — the published script's budget: 3 epochs, lr 1e-4, batch 32 (dev-selected epoch);
-* ``converged`` — ``compare``'s protocol (:mod:`glotpool.experiments.budgets`): warm-up + cosine decay, early
-  stopping on dev, lr × weight decay picked per ratio and pooler on dev from ``train_grid`` with the first seed and
-  reused for the others.
+* ``converged`` — ``compare``'s protocol (:mod:`glotpool.experiments.budgets`): cosine decay, early stopping on
+  dev, lr × weight decay picked per ratio and pooler on dev from ``train_grid`` with the first seed and reused for
+  the others.
 
 The eval split is touched once per run, with the dev-selected weights. Every run is resumable (``run.json``). Each
 ratio's table marks the poolers not significantly different from its best (paired bootstrap over the eval sentences
@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from glotpool.data import LoadedTask
-from glotpool.experiments.budgets import CONVERGED_GRID, point_name, protocol, tune_and_run
+from glotpool.experiments.budgets import describe, point_name, protocol, tune_and_run
 from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, mean_std
 from glotpool.experiments.significance import compare_to_best
 from glotpool.io_utils import atomic_write_json, atomic_write_text
@@ -86,6 +86,7 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
     cache_seconds: dict = {}
     weight_examples = None
     golds: dict = {}  # ratio -> eval labels, for the paired tests
+    protocols: dict = {}  # budget -> {"base": TrainConfig as a dict, "grid": dev grid}
     n_runs = len(settings.ratios) * len(specs) * len(settings.budgets) * len(settings.seeds)
     bar = tqdm(total=n_runs, desc=f"stress {settings.backbone}", unit="run", disable=not settings.show_progress or None)
     for ratio in settings.ratios:
@@ -111,6 +112,7 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
                                      settings.train_grid if budget == "converged" else None, "single")
             if settings.max_epochs is not None:
                 base = replace(base, epochs=min(base.epochs, settings.max_epochs))
+            protocols[budget] = {"base": asdict(base), "grid": grid}
             for spec in ratio_specs:
                 bar.set_postfix_str(f"r={ratio:g} {budget} {spec.label}")
                 run_root = out_dir / "runs" / f"ratio-{ratio:g}" / budget / spec.label
@@ -131,11 +133,11 @@ def run_stress(settings: StressSettings, out_dir: str | Path, backbone=None) -> 
     bar.close()
     summary = summarize(records, settings, golds)
     result = {"settings": asdict(settings), "backbone": backbone.fingerprint(), "records": records,
-              "summary": summary, "cache_seconds": cache_seconds,
+              "summary": summary, "budgets": protocols, "cache_seconds": cache_seconds,
               "graph": [{"ratio": r, "pooler": l, **v} for (r, l), v in graph_stats.items()],
               "total_seconds": time.perf_counter() - t_start}
     atomic_write_json(out_dir / "results.json", result)
-    table = format_table(summary, settings, result["graph"])
+    table = format_table(summary, settings, result["graph"], protocols)
     atomic_write_text(out_dir / "results.md", table)
     from glotpool.experiments.report import plot_accuracy_vs_ratio
 
@@ -181,18 +183,17 @@ def summarize(records: list[dict], settings: StressSettings, golds: dict) -> dic
     return out
 
 
-def format_table(summary: dict, settings: StressSettings, graph: list[dict]) -> str:
+def format_table(summary: dict, settings: StressSettings, graph: list[dict], protocols: dict) -> str:
     ratios = [f"{r:g}" for r in settings.ratios]
     lines = [f"# Stress test — {settings.backbone}", "",
              f"Eval accuracy (%), mean ± std over seeds {list(settings.seeds)}; {settings.n_train} train "
              f"({settings.dev_fraction:.0%} of it carved out as dev, split by twin pair) / {settings.n_eval} eval, "
              f"L={settings.length} words, negation words in noise: {settings.negation_in_noise}.", ""]
     for budget, poolers in summary.items():
-        grid = settings.train_grid or CONVERGED_GRID
-        tuned = budget == "converged" and any(len(v) > 1 for v in grid.values())  # a "chosen" column says something
+        p = protocols[budget]
+        tuned = any(len(v) > 1 for v in p["grid"].values())  # then a "chosen" column says something
         lines += [f"## budget `{budget}`", "",
-                  (_converged_text(grid, tuned) if budget == "converged" else
-                   "3 epochs at lr 1e-4 (the published setting), no selection")
+                  describe(budget, p["base"], p["grid"], per="ratio and pooler")
                   + ". **Bold**: the ratio's best, and † the poolers not significantly different from it (α = 0.05).",
                   "", "| pooler | " + " | ".join(f"r={r}" for r in ratios) + " |" + (" chosen (lr, wd) per ratio |"
                                                                                       if tuned else ""),
@@ -211,15 +212,6 @@ def format_table(summary: dict, settings: StressSettings, graph: list[dict]) -> 
                   f"{g['density']:.3f} |" for g in graph]
         lines.append("")
     return "\n".join(lines)
-
-
-def _converged_text(grid: dict, tuned: bool) -> str:
-    values = {k: ", ".join(f"{v:g}" for v in vals) for k, vals in grid.items()}
-    if not tuned:
-        return ("warm-up + cosine decay, early stopping on dev, at " + ", ".join(f"{k} {v}" for k, v in values.items())
-                + " (a one-point grid: no selection)")
-    return ("warm-up + cosine decay, early stopping on dev; per ratio and pooler "
-            + ", ".join(f"{k} ∈ {{{v}}}" for k, v in values.items()) + " chosen on dev with the first seed")
 
 
 def _cell(c: dict | None) -> str:

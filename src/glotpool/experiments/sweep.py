@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from glotpool.data import LoadedTask, TaskSource
 from glotpool.data.stressgen import StressConfig, make_stress_data, stress_splits, token_counter
-from glotpool.experiments.budgets import protocol, tune_and_run
+from glotpool.experiments.budgets import describe, protocol, tune_and_run
 from glotpool.experiments.compare import row_cells, significance_vs_best, summary_row
 from glotpool.experiments.runs import PoolerSpec, mean_std, parse_value
 from glotpool.experiments.scaffold import graph_stats, prepare_experiment
@@ -145,10 +145,7 @@ def format_summary(result: dict, keys: list[str]) -> str:
     a user would pick: the best by dev, never by test."""
     s, metric, sig = result["settings"], result["metric"], result.get("significance") or {}
     b = result["budget"]
-    grid = ", ".join(f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in b["grid"].items())
-    protocol_text = (f"budget `converged` (up to {b['base']['epochs']} epochs, warm-up + cosine decay, early stopping "
-                     f"on dev; per point {grid} chosen on dev with the first seed)" if b["name"] == "converged"
-                     else f"budget `{b['name']}` (no selection)")
+    protocol_text = describe(b["name"], b["base"], b["grid"], per="point")
     lines = [f"# sweep — {s['pooler']} on {_task_name(s)} (frozen {s['backbone']})", "",
              f"Test {metric} (%), mean ± std over seeds {list(s['seeds'])}; {protocol_text}. Edges/token = mean "
              "edges per token (self-loop included) on the test split.", ""]
