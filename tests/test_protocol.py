@@ -170,3 +170,26 @@ def test_a_parameter_free_pooler_is_pooled_once_per_row_with_the_same_result(min
     assert memo.dev == pytest.approx(plain.dev, abs=1e-6) and memo.test == pytest.approx(plain.test, abs=1e-6)
     for a, b in zip(memo_head.state_dict().values(), plain_head.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_the_probe_extends_its_c_grid_while_the_best_c_sits_on_the_edge():
+    """A best C on the grid's edge makes the probe try the next decade out, until the best C is interior; the choice
+    is the best dev score over every C tried (seeded noisy data whose dev optimum is C = 0.1)."""
+    from glotpool.experiments.probe import fit_probe
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = rng.integers(0, 2, n)
+        x = rng.normal(size=(n, 301))
+        x[:, 0] += 1.5 * (2 * y - 1)
+        return x, y
+
+    x, y = zip(split(40), split(400))
+    x, y = dict(zip(("train", "dev"), x)), dict(zip(("train", "dev"), y))
+    wide = fit_probe(x, y, "single", 2, c_grid=(1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0))
+    assert wide["C"] == 0.1  # this data's dev optimum, inside the wide grid: no extension
+    assert sorted(map(float, wide["dev_by_C"])) == [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
+    one = fit_probe(x, y, "single", 2, c_grid=(1.0,))  # on both edges: 0.1 and 10 next, then 0.1 wins -> 0.01
+    assert sorted(map(float, one["dev_by_C"])) == [0.01, 0.1, 1.0, 10.0] and one["C"] == 0.1
+    assert one["dev"]["accuracy"] == max(one["dev_by_C"].values()) == wide["dev_by_C"]["0.1"]

@@ -1,8 +1,8 @@
 """A converged linear probe: scikit-learn's logistic regression on a parameter-free pooler's vectors.
 
 The reference a linear head must reach: ``LogisticRegression`` (L-BFGS to convergence) with its inverse
-regularisation ``C`` chosen on dev from a log grid, refitted on train at the chosen ``C``, then the test split scored
-once. Features are the pooled vectors (pairs: ``[z1 ‖ z2]``, the linear pair head's input), standardised on train.
+regularisation ``C`` chosen on dev from a log grid (extended by a decade, up to three times, while the best ``C`` sits
+on its edge), refitted on train at the chosen ``C``, then the test split scored once. Features are the pooled vectors (pairs: ``[z1 ‖ z2]``, the linear pair head's input), standardised on train.
 :func:`fit_probe` is the probe itself (on any features: ``glotpool layers`` runs it once per layer);
 :func:`sklearn_probe` feeds it a pooler's vectors of cached states.
 """
@@ -18,6 +18,7 @@ from glotpool.training.metrics import compute_metrics
 from glotpool.training.trainer import DEFAULT_STATES, CachedSplit, CachedSplits, StateSelection
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+MAX_EXTENSIONS = 3  # decades added beyond C_GRID's edge while the best C sits on it
 
 
 @torch.inference_mode()
@@ -61,11 +62,21 @@ def fit_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray], task_type: str
     def score(model, split):
         return compute_metrics(task_type, model.predict(x[split]), y[split], num_labels=num_labels)
 
-    models = {c: fit(c) for c in c_grid}  # L-BFGS is deterministic: the chosen C's model is the refit on train
-    dev = {c: score(m, "dev") for c, m in models.items()}
-    best_c = max(c_grid, key=lambda c: (dev[c][metric], -c))  # ties: the stronger regularisation
+    models, dev = {}, {}
+    grid = sorted(c_grid)
+    for _ in range(1 + MAX_EXTENSIONS):
+        for c in grid:
+            if c not in models:  # L-BFGS is deterministic: the chosen C's model is the refit on train
+                models[c] = fit(c)
+                dev[c] = score(models[c], "dev")
+        best_c = max(grid, key=lambda c: (dev[c][metric], -c))  # ties: the stronger regularisation
+        # a best C on the grid's edge says the optimum may lie beyond it: extend one decade that way
+        wider = ([best_c / 10] if best_c == grid[0] else []) + ([best_c * 10] if best_c == grid[-1] else [])
+        if not wider:
+            break
+        grid = sorted(grid + wider)
     model = models[best_c]
-    out = {"C": best_c, "dev_by_C": {str(c): v[metric] for c, v in dev.items()}, "dev": dev[best_c]}
+    out = {"C": best_c, "dev_by_C": {str(c): dev[c][metric] for c in sorted(dev)}, "dev": dev[best_c]}
     if "test" in x:
         pred = model.predict(x["test"])
         out["test"] = compute_metrics(task_type, pred, y["test"], num_labels=num_labels)
