@@ -257,4 +257,5 @@ def test_sweep_tunes_each_point_on_dev_and_tests_it_against_the_best(minilm, tmp
     assert result["dev_selected"] == picked
     summary = (tmp_path / "sw" / "summary.md").read_text()
     assert "Δ vs best" in summary and "best |" in summary and "lr ∈ {0.0001, 0.01}" in summary
-    assert next(line for line in summary.splitlines() if line.startswith(f"| {picked.split('=')[1]} |")).count("◆") == 1
+    picked_line = next(line for line in summary.splitlines() if line.startswith(f"| {picked.split('=')[1]} |"))
+    assert picked_line.count("◆") == 1

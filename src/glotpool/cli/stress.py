@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from glotpool.experiments.stress import StressSettings, run_stress
 
     settings = StressSettings(backbone=args.backbone, ratios=args.ratios, poolers=args.poolers, seeds=args.seeds,
-                              budgets=args.budgets, train_grid=train_grid(args), n_train=args.n_train, n_eval=args.n_eval,
+                              budgets=args.budgets, train_grid=train_grid(args), n_train=args.n_train,
+                              n_eval=args.n_eval,
                               length=args.length, negation_in_noise=args.negation_in_noise,
                               max_length=args.max_length, precision=args.precision, cache_dir=args.cache_dir,
                               show_progress=not args.quiet)

@@ -13,8 +13,8 @@ once with its best-dev-epoch weights.
 
 Why no warm-up: the heads are small and reach their best dev epoch within 2–6 epochs on the real tasks, where data,
 not step size, limits them; a warm-up over 5 % of 60 epochs (3 epochs) spent those epochs at a low rate. Measured on
-SNLI (MiniLM, 5000 pairs, seed 0, lr 1e-3): PMA's dev accuracy 57.6 with that warm-up, 58.7 without (and 58.6 ± 0.2 over 3 seeds
-under the old constant-rate fixed budget).
+SNLI (MiniLM, 5000 pairs, seed 0, lr 1e-3): PMA's dev accuracy 57.6 with that warm-up, 58.7 without (and 58.6 ± 0.2
+over 3 seeds under the old constant-rate fixed budget).
 """
 from __future__ import annotations
 

@@ -65,7 +65,8 @@ def run_main_job(s: MainJobSettings, out_dir: str | Path) -> str:
     backbone = load_backbone(s.backbone)
     sections = [f"# glotpool report — frozen {s.backbone}", ""]
     run_stress(StressSettings(backbone=s.backbone, ratios=s.stress_ratios, seeds=s.stress_seeds,
-                              budgets=s.stress_budgets, train_grid=s.stress_grid, n_train=s.stress_n_train, n_eval=s.stress_n_eval,
+                              budgets=s.stress_budgets, train_grid=s.stress_grid, n_train=s.stress_n_train,
+                              n_eval=s.stress_n_eval,
                               max_epochs=s.stress_max_epochs, show_progress=s.show_progress),
                out_dir / "stress", backbone=backbone)
     sections += [(out_dir / "stress" / "results.md").read_text().replace("# Stress test", "## Stress test", 1)

@@ -194,7 +194,8 @@ def format_table(summary: dict, settings: StressSettings, graph: list[dict], pro
         tuned = any(len(v) > 1 for v in p["grid"].values())  # then a "chosen" column says something
         lines += [f"## budget `{budget}`", "",
                   describe(budget, p["base"], p["grid"], per="ratio and pooler")
-                  + ". **Bold**: the ratio's best, and † the poolers not significantly different from it (α = 0.05).",
+                  + ". **Bold**: the ratio's best, and † the poolers not significantly different from it "
+                  "(α = 0.05).",
                   "", "| pooler | " + " | ".join(f"r={r}" for r in ratios) + " |" + (" chosen (lr, wd) per ratio |"
                                                                                       if tuned else ""),
                   "|---|" + "---|" * (len(ratios) + tuned)]

@@ -60,7 +60,7 @@ class SweepSettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     budget: str = "converged"  # converged | paper | fixed (glotpool.experiments.budgets), as in compare
     train: TrainConfig = field(default_factory=TrainConfig)  # "fixed": used as is; else device/batch size/precision
-    train_grid: dict | None = None  # converged budget: lr × weight decay chosen per point on dev (None: CONVERGED_GRID)
+    train_grid: dict | None = None  # converged budget: lr × weight decay chosen per point on dev (None: the default)
     cache_dir: str | None = None  # default OUT/cache
     show_progress: bool = True
 
@@ -141,8 +141,8 @@ def run_sweep(settings: SweepSettings, out_dir: str | Path, backbone=None) -> di
 
 def format_summary(result: dict, keys: list[str]) -> str:
     """One row per grid point: test mean ± std (bold: best or not significantly worse), mean dev score, the dev-chosen
-    lr / weight decay, Δ vs the best point with its interval and p-value, graph density, parameters. ◆ marks the point
-    a user would pick: the best by dev, never by test."""
+    lr / weight decay, Δ vs the best point with its interval and p-value, graph density, parameters. ◆ marks the
+    point a user would pick: the best by dev, never by test."""
     s, metric, sig = result["settings"], result["metric"], result.get("significance") or {}
     b = result["budget"]
     protocol_text = describe(b["name"], b["base"], b["grid"], per="point")
@@ -159,8 +159,9 @@ def format_summary(result: dict, keys: list[str]) -> str:
         c = row_cells(r, sig)
         ept = r["edges_per_token"]
         mark = " ◆" if r["label"] == result["dev_selected"] else ""
-        lines.append("| " + " | ".join(str(r["point"][k]) for k in keys) + f" | {c['test']}{mark} | {r['dev'] * 100:.1f}"
-                     f" | {c['chosen']} | {c['delta']} | {'' if ept is None else f'{ept:.1f}'} | {c['params']} |")
+        cells = [str(r["point"][k]) for k in keys] + [f"{c['test']}{mark}", f"{r['dev'] * 100:.1f}", c["chosen"],
+                                                        c["delta"], "" if ept is None else f"{ept:.1f}", c["params"]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
