@@ -196,13 +196,14 @@ def format_table(summary: dict, settings: StressSettings, graph: list[dict], pro
                   describe(budget, p["base"], p["grid"], per="ratio and pooler")
                   + ". **Bold**: the ratio's best, and † the poolers not significantly different from it "
                   "(α = 0.05).",
-                  "", "| pooler | " + " | ".join(f"r={r}" for r in ratios) + " |" + (" chosen (lr, wd) per ratio |"
-                                                                                      if tuned else ""),
+                  "", "| pooler | " + " | ".join(f"r={r}" for r in ratios) + " |"
+                  + (f" chosen {', '.join(k for k, v in p['grid'].items() if len(v) > 1)} per ratio |" if tuned else ""),
                   "|---|" + "---|" * (len(ratios) + tuned)]
         for label, cells in poolers.items():
             row = [_cell(cells.get(r)) for r in ratios]
             if tuned:
-                row.append(" · ".join("/".join(f"{v:g}" for v in c["chosen"].values()) if c.get("chosen") else "—"
+                varied = [k for k, v in p["grid"].items() if len(v) > 1]
+                row.append(" · ".join("/".join(f"{c['chosen'][k]:g}" for k in varied) if c.get("chosen") else "—"
                                       for c in (cells.get(r, {}) for r in ratios)))
             lines.append(f"| {label} | " + " | ".join(row) + " |")
         lines.append("")
