@@ -155,7 +155,7 @@ def add_budget_args(p: argparse.ArgumentParser, grid_flag: str = "--grid") -> No
     from glotpool.experiments.budgets import BUDGET_NAMES, CONVERGED_GRID
 
     p.add_argument("--budget", default="converged", choices=BUDGET_NAMES,
-                   help="converged: warm-up + cosine, early stopping, lr x weight decay chosen on dev; "
+                   help="converged: cosine decay, early stopping, lr x weight decay chosen on dev; "
                         "paper: the published 3 epochs at lr 1e-4; fixed: exactly --lr/--epochs/...")
     p.add_argument(grid_flag, nargs="*", default=None, metavar="KEY=V1,V2", dest="train_grid",
                    help="converged budget's dev grid, e.g. lr=1e-3,1e-2 weight_decay=0,0.01 (default "

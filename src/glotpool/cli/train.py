@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                    help="replace an OUT/cache built with other settings and a non-empty OUT/model that is not a "
                         "glotpool model folder")
     p.add_argument("--quiet", action="store_true")
-    add_train_args(p, CONVERGED)  # warm-up + cosine, up to 60 epochs, early stopping on dev
+    add_train_args(p, CONVERGED)  # cosine decay, up to 60 epochs, early stopping on dev
     p.set_defaults(func=run)
 
 
