@@ -8,6 +8,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# fp32 everywhere, as on a CPU without native bf16: many tests compare two paths (batched vs one by one, CLI vs API,
+# cache vs live states) to 1e-5, which holds in fp32 but not in bf16, where padding changes the rounding.
+# test_bf16.py covers bf16 by setting the capability itself. Set before anything asks (cpu_has_bf16 is cached).
+os.environ.setdefault("GLOTPOOL_CPU_BF16", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -39,7 +39,16 @@ DTYPE_CHOICES = ("auto", *DTYPES)  # what BackboneConfig.dtype / --backbone-dtyp
 @functools.lru_cache(maxsize=None)
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX-BF16). Without them oneDNN/MKL emulate
-    bf16 and a bf16 GEMM is many times *slower* than fp32 (measured 18x on an AVX2-only EPYC VM)."""
+    bf16 and a bf16 GEMM is many times *slower* than fp32 (measured 18x on an AVX2-only EPYC VM).
+
+    ``GLOTPOOL_CPU_BF16=0`` (or ``1``) overrides the detection, e.g. to keep ``auto`` in fp32 for bit-reproducible
+    runs on a bf16 CPU: in bf16 a text's vector depends on the batch it was encoded in (padding changes the rounding).
+    """
+    forced = os.environ.get("GLOTPOOL_CPU_BF16")
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise ValueError(f"GLOTPOOL_CPU_BF16 must be 0 or 1, got {forced!r}")
+        return forced == "1"
     cap = str(torch.backends.cpu.get_cpu_capability()).upper()
     if "AMX" in cap or "BF16" in cap:
         return True
