@@ -193,3 +193,17 @@ def test_the_probe_extends_its_c_grid_while_the_best_c_sits_on_the_edge():
     one = fit_probe(x, y, "single", 2, c_grid=(1.0,))  # on both edges: 0.1 and 10 next, then 0.1 wins -> 0.01
     assert sorted(map(float, one["dev_by_C"])) == [0.01, 0.1, 1.0, 10.0] and one["C"] == 0.1
     assert one["dev"]["accuracy"] == max(one["dev_by_C"].values()) == wide["dev_by_C"]["0.1"]
+
+
+def test_the_main_jobs_settings_are_valid_protocols():
+    """Both sizes of the main job name a budget and grid that protocol() accepts (a fixed budget searches no grid)."""
+    from glotpool.experiments.budgets import protocol
+    from glotpool.experiments.pipeline import MainJobSettings
+
+    for s in (MainJobSettings(), MainJobSettings.smoke()):
+        protocol(s.compare_budget, TrainConfig(), s.compare_grid, "single")
+        for budget in s.stress_budgets:
+            protocol(budget, TrainConfig(), s.stress_grid if budget == "converged" else None, "single")
+    with pytest.raises(ValueError, match="converged budget only"):
+        s = MainJobSettings.smoke(compare_grid={"lr": (1e-3,)})
+        protocol(s.compare_budget, TrainConfig(), s.compare_grid, "single")

@@ -46,7 +46,7 @@ class MainJobSettings:
         at one ratio with one seed, a one-seed comparison on 400 training sentences, the report and figures."""
         small = dict(stress_seeds=(0,), stress_ratios=(0.9,), stress_n_train=200, stress_n_eval=100,
                      stress_max_epochs=3, compare_seeds=(0,), compare_max_train=400, compare_budget="fixed",
-                     compare_epochs=3)
+                     compare_grid=None, compare_epochs=3)  # "fixed" searches no grid (protocol() refuses one)
         return cls(**{**small, **overrides})
 
 
