@@ -191,18 +191,18 @@ def format_table(summary: dict, settings: StressSettings, graph: list[dict], pro
              f"L={settings.length} words, negation words in noise: {settings.negation_in_noise}.", ""]
     for budget, poolers in summary.items():
         p = protocols[budget]
-        tuned = any(len(v) > 1 for v in p["grid"].values())  # then a "chosen" column says something
+        varied = [k for k, v in p["grid"].items() if len(v) > 1]  # grid keys a "chosen" column reports
+        tuned = bool(varied)
         lines += [f"## budget `{budget}`", "",
                   describe(budget, p["base"], p["grid"], per="ratio and pooler")
                   + ". **Bold**: the ratio's best, and † the poolers not significantly different from it "
                   "(α = 0.05).",
                   "", "| pooler | " + " | ".join(f"r={r}" for r in ratios) + " |"
-                  + (f" chosen {', '.join(k for k, v in p['grid'].items() if len(v) > 1)} per ratio |" if tuned else ""),
+                  + (f" chosen {', '.join(varied)} per ratio |" if tuned else ""),
                   "|---|" + "---|" * (len(ratios) + tuned)]
         for label, cells in poolers.items():
             row = [_cell(cells.get(r)) for r in ratios]
             if tuned:
-                varied = [k for k, v in p["grid"].items() if len(v) > 1]
                 row.append(" · ".join("/".join(f"{c['chosen'][k]:g}" for k in varied) if c.get("chosen") else "—"
                                       for c in (cells.get(r, {}) for r in ratios)))
             lines.append(f"| {label} | " + " | ".join(row) + " |")

@@ -116,7 +116,7 @@ def run_sweep(settings: SweepSettings, out_dir: str | Path, backbone=None) -> di
     for row in summary:
         row.pop("predictions", None)
     selected = max(summary, key=lambda r: r["dev"])["label"]  # dev only; ties: the first point
-    result = {"settings": asdict(settings), "metric": metric,
+    result = {"settings": asdict(settings), "task": settings.task_name, "metric": metric,
               "budget": {"name": settings.budget, "base": asdict(base), "grid": train_grid},
               "rows": rows, "summary": summary, "significance": significance, "dev_selected": selected,
               "total_seconds": time.perf_counter() - t0}
@@ -146,7 +146,7 @@ def format_summary(result: dict, keys: list[str]) -> str:
     s, metric, sig = result["settings"], result["metric"], result.get("significance") or {}
     b = result["budget"]
     protocol_text = describe(b["name"], b["base"], b["grid"], per="point")
-    lines = [f"# sweep — {s['pooler']} on {_task_name(s)} (frozen {s['backbone']})", "",
+    lines = [f"# sweep — {s['pooler']} on {result['task']} (frozen {s['backbone']})", "",
              f"Test {metric} (%), mean ± std over seeds {list(s['seeds'])}; {protocol_text}. Edges/token = mean "
              "edges per token (self-loop included) on the test split.", ""]
     if sig:
@@ -163,8 +163,3 @@ def format_summary(result: dict, keys: list[str]) -> str:
                                                         c["delta"], "" if ept is None else f"{ept:.1f}", c["params"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _task_name(settings: dict) -> str:
-    ratio = settings.get("stress_ratio")
-    return f"stress:{ratio:g}" if ratio is not None else (settings["source"].get("task") or "local")
