@@ -314,6 +314,22 @@ def test_snli_preset_on_fixture_no_premise_leakage():
     assert len(small["train"]) == 30 and len(small["dev"]) == len(s["dev"])
 
 
+def test_task_source_caps_dev_and_test_with_a_seeded_stratified_subset():
+    full = TaskSource(task="snli", data_dir=str(DATA)).load()
+    capped = TaskSource(task="snli", data_dir=str(DATA), max_dev=12, max_test=30).load()
+    assert {k: len(v) for k, v in capped.splits.items()} == {"train": len(full.splits["train"]), "dev": 12, "test": 30}
+    assert capped.splits["train"].texts == full.splits["train"].texts  # train untouched
+    for split in ("dev", "test"):  # a subset of the real split, each class keeping its share
+        rows = set(zip(full.splits[split].texts, full.splits[split].texts2))
+        assert set(zip(capped.splits[split].texts, capped.splits[split].texts2)) <= rows
+    share, got = Counter(full.splits["test"].labels), Counter(capped.splits["test"].labels)
+    assert all(abs(got[y] - 30 * share[y] / len(full.splits["test"])) < 1 for y in share)
+    again = TaskSource(task="snli", data_dir=str(DATA), max_dev=12, max_test=30).load()
+    assert again.splits["test"].texts == capped.splits["test"].texts
+    other = TaskSource(task="snli", data_dir=str(DATA), max_dev=12, max_test=30, data_seed=1).load()
+    assert other.splits["test"].texts != capped.splits["test"].texts
+
+
 def test_offline_preset_missing_data_says_how_to_fetch(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="glotpool fetch-data"):
         load_task("snli", data_dir=tmp_path)

@@ -30,8 +30,18 @@ def add_cache_dir_arg(p: argparse.ArgumentParser, default_help: str = "OUT/cache
                    help=f"token-state cache folder (default {default_help}); share one between runs of a task")
 
 
+def add_subsample_args(p: argparse.ArgumentParser, test: bool = True) -> None:
+    """--max-train / --max-dev [/ --max-test]: seeded, stratified subsamples of the splits (for costly backbones)."""
+    p.add_argument("--max-train", type=int, default=None, help="subsample train (seeded, stratified)")
+    p.add_argument("--max-dev", type=int, default=None, help="subsample dev (seeded, stratified)")
+    if test:
+        p.add_argument("--max-test", type=int, default=None,
+                       help="subsample test (seeded, stratified; report the size with the scores)")
+
+
 def task_source(args: argparse.Namespace):
-    """The :class:`~glotpool.data.TaskSource` named by :func:`add_task_args`' flags (+ --max-train, --data-seed)."""
+    """The :class:`~glotpool.data.TaskSource` named by :func:`add_task_args`' flags (+ :func:`add_subsample_args`,
+    --data-seed)."""
     from glotpool.data import TaskSource
 
     return TaskSource(task=args.task, data_dir=args.data_dir, train_file=args.train_file, dev_file=args.dev_file,
@@ -39,6 +49,7 @@ def task_source(args: argparse.Namespace):
                       text_col=args.text_col, text_col_2=args.text_col_2,
                       text_col_3=getattr(args, "text_col_3", None), label_col=args.label_col,
                       score_col=args.score_col, max_train=getattr(args, "max_train", None),
+                      max_dev=getattr(args, "max_dev", None), max_test=getattr(args, "max_test", None),
                       data_seed=getattr(args, "data_seed", 0))
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from glotpool.cli._common import (add_backbone_state_args, add_budget_args, add_cache_dir_arg, add_task_args,
-                                  add_train_args, csv_list, pooler_list, task_source, train_config, train_grid)
+from glotpool.cli._common import (add_backbone_state_args, add_budget_args, add_cache_dir_arg, add_subsample_args,
+                                  add_task_args, add_train_args, csv_list, pooler_list, task_source, train_config,
+                                  train_grid)
 
 
 def register(subparsers) -> None:
@@ -20,7 +21,7 @@ def register(subparsers) -> None:
                                                "runs/<suite>-suite-<task>)")
     p.add_argument("--poolers", type=pooler_list, default=DEFAULT_POOLERS)
     p.add_argument("--seeds", type=csv_list(int), default=d.seeds)
-    p.add_argument("--max-train", type=int, default=None, help="subsample train (seeded, stratified)")
+    add_subsample_args(p)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--layer", type=int, default=-1)
     add_backbone_state_args(p)  # --prompt / --layers; poolers then pick layer= / mix= / tokens=

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from glotpool.cli._common import add_prompt_arg, add_task_args, task_source
+from glotpool.cli._common import add_prompt_arg, add_subsample_args, add_task_args, task_source
 
 
 def register(subparsers) -> None:
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", default=d.backbone)
     add_task_args(p)
     add_prompt_arg(p, pools="the per-layer probe")
-    p.add_argument("--max-train", type=int, default=None)
+    add_subsample_args(p, test=False)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/dev/test split")
     p.add_argument("--max-length", type=int, default=d.max_length)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="texts per backbone batch")

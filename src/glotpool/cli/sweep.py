@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from glotpool.cli._common import (add_budget_args, add_cache_dir_arg, add_task_args, add_train_args, csv_list,
-                                  task_source, train_config, train_grid)
+from glotpool.cli._common import (add_budget_args, add_cache_dir_arg, add_subsample_args, add_task_args, add_train_args,
+                                  csv_list, task_source, train_config, train_grid)
 
 
 def register(subparsers) -> None:
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
                    help="the pooler options to sweep; aliases: layers=num_layers, hidden=hidden_dim")
     p.add_argument("--base", nargs="*", default=[], metavar="KEY=V", help="fixed pooler options")
     p.add_argument("--seeds", type=csv_list(int), default=d.seeds)
-    p.add_argument("--max-train", type=int, default=None)
+    add_subsample_args(p)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/dev/test split")
     add_budget_args(p, grid_flag="--train-grid")  # --budget, --train-grid: per point, as compare's --grid per pooler
     add_cache_dir_arg(p)

@@ -11,8 +11,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from glotpool.cli._common import (add_backbone_state_args, add_cache_dir_arg, add_task_args, add_tokens_arg,
-                                  add_train_args, backbone_state_kwargs, task_source, train_config, train_states)
+from glotpool.cli._common import (add_backbone_state_args, add_cache_dir_arg, add_subsample_args, add_task_args,
+                                  add_tokens_arg, add_train_args, backbone_state_kwargs, task_source, train_config,
+                                  train_states)
 
 
 def register(subparsers) -> None:
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (cache/, run/, model/)")
     p.add_argument("--seed", type=int, default=0, help="pooler init and batch order")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/dev/test split")
-    p.add_argument("--max-train", type=int, default=None, help="subsample train (seeded, stratified)")
+    add_subsample_args(p)
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     p.add_argument("--layer", type=int, default=-1, help="hidden layer (0 = embeddings, -1 = last)")
     add_backbone_state_args(p)

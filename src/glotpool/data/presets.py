@@ -247,9 +247,22 @@ class TaskSource:
     label_col: str | None = "label"
     score_col: str | None = None
     max_train: int | None = None  # seeded (stratified) subsample of train
+    max_dev: int | None = None  # ... of dev: for backbones whose caching is the cost (dev is read every epoch)
+    max_test: int | None = None  # ... of test: a smaller, still untouched test set (say so where it is reported)
     data_seed: int = 0  # seed of the split (and of the subsample)
 
     def load(self) -> LoadedTask:
+        task = self._load()
+        for split, n in (("dev", self.max_dev), ("test", self.max_test)):
+            if n is None:
+                continue
+            if split not in task.splits:
+                raise ValueError(f"max_{split}={n} (--max-{split}) caps a {split} split, and {task.name} has none; "
+                                 f"drop it or give a {split} file")
+            task.splits[split] = subsample(task.splits[split], n, seed=self.data_seed)
+        return task
+
+    def _load(self) -> LoadedTask:
         if self.task:
             if self.task not in PRESETS:
                 raise ValueError(f"unknown task {self.task!r}; presets: {', '.join(sorted(PRESETS))} (or give data "
