@@ -18,6 +18,9 @@ def test_row_list_shrinks_by_pattern_and_the_mix_set_holds_best_and_last():
         select_rows(DECODER_ROWS, ("glot-middle",))
     assert mix_layers(30, 14) == (5, 10, 14, 15, 20, 25, 30)
     assert mix_layers(6, 4, size=3) == (2, 4, 6)
+    # the patterns' order is the run order (a glob's matches in row-list order), each row once
+    order = [r.name for r in select_rows(DECODER_ROWS, ("glot-mix-echo", "mean", "glot-*-echo", "last"))]
+    assert order == ["glot-mix-echo", "mean", "glot-last-echo", "glot-best-echo", "last"]
     rows = select_rows(DECODER_ROWS, ("mean", "prompteol-last", "glot-best-echo", "glot-mix-echo"))
     assert cache_plan(rows, 14, 30, (5, 14, 30)) == {None: (30,), "prompteol": (30,), "echo": (5, 14, 30)}
 
@@ -54,7 +57,13 @@ def test_suite_runs_end_to_end_and_selects_on_dev_only(minilm, tmp_path):
     assert mix["layers"] == s["mix_layers"] and sum(mix["weights"]) == pytest.approx(1.0)
     table = (tmp_path / "a" / "results.md").read_text()
     assert "| echo-mean | last (6) | echo | text |" in table and "◆" in table and "γ" in table
-    assert "## Layer probe (dev)" in table
+    assert "## Layer probe (dev)" in table and "Partial" not in table and s["rows_done"] == len(rows)
+    # the table written after each row says what is still to run
+    from glotpool.experiments.decoder_suite import format_suite_table
+
+    curve = json.loads((tmp_path / "a" / "layers" / "results.json").read_text())
+    partial = format_suite_table({**a, "suite": {**s, "rows_done": 2}}, curve)
+    assert "**Partial: 2 of 5 rows done** (not yet run: echo-mean, glot-last, glot-mix)" in partial
 
     # the same data with every test label flipped: every choice (layer, mix set, dev-selected GLOT, each row's dev
     # score) is the same, because none reads test; the test scores flip

@@ -84,5 +84,17 @@ def test_layers_command_curve_has_one_point_per_layer_and_never_reads_test(minil
         raise AssertionError("re-encoded the texts of a finished pass")
 
     monkeypatch.setattr("glotpool.states.backbone.iter_encoded", boom)
-    assert main(args) == 0  # a rerun refits the probes on the stored features
-    assert json.loads((out / "results.json").read_text())["points"] == points
+    assert main(args) == 0  # a rerun with the same inputs reuses the stored features and the probes' results
+    again = json.loads((out / "results.json").read_text())
+    assert again["points"] == points and again["total_seconds"] == result["total_seconds"]
+    # other dev targets: the same features, but the probes are refitted
+    flipped = tmp_path / "dev-flipped.csv"
+    with open(paths["dev"], encoding="utf-8") as f, open(flipped, "w", newline="", encoding="utf-8") as g:
+        rows = list(csv.DictReader(f))
+        w = csv.DictWriter(g, list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "label": {"positive": "negative", "negative": "positive"}[r["label"]]} for r in rows)
+    assert main([*args[:6], str(flipped), *args[7:]]) == 0
+    refit = json.loads((out / "results.json").read_text())
+    assert refit["probe_key"] != result["probe_key"]
+    assert [p["dev"] for p in refit["points"]] != [p["dev"] for p in points]

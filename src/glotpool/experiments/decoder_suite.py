@@ -77,13 +77,15 @@ DECODER_ROWS: tuple[SuiteRow, ...] = (
 
 
 def select_rows(rows: tuple[SuiteRow, ...], patterns: tuple[str, ...] | None) -> list[SuiteRow]:
-    """The rows whose name matches one of ``patterns`` (names or globs), in row-list order; all for None."""
+    """The rows whose name matches one of ``patterns`` (names or globs), in the patterns' order (a glob's matches in
+    row-list order; each row once), so the rows a user wants first run first; all rows, in row-list order, for None."""
     if patterns is None:
         return list(rows)
     unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(r.name, p) for r in rows)]
     if unknown:
         raise ValueError(f"suite row pattern(s) {unknown} match no row; rows: {', '.join(r.name for r in rows)}")
-    return [r for r in rows if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+    picked = [r for p in patterns for r in rows if fnmatch.fnmatchcase(r.name, p)]
+    return list(dict.fromkeys(picked))
 
 
 def mix_layers(num_layers: int, best: int, size: int = 6) -> tuple[int, ...]:
@@ -147,9 +149,34 @@ def run_decoder_suite(settings: CompareSettings, out_dir: str | Path, backbone=N
 
     base, grid, metric = protocol(settings.budget, settings.train, settings.grid, task.task_type)
     records, summary = [], []
+    suite = {"name": "decoder", "rows": [asdict(r) for r in rows], "best_layer": best, "last_layer": last,
+             "mix_layers": list(mix), "caches": caches, "notes": notes,
+             "layer_curve": {k: curve[k] for k in ("points", "best_layer", "best_dev", "tau", "probe")}}
+
+    def write(done: int) -> dict:
+        """results.json / .md / .png of the rows done so far: an interrupted suite still leaves its table."""
+        significance = significance_vs_best(summary, golds, metric)
+        rows_out = [{k: v for k, v in r.items() if k != "predictions"} for r in summary]
+        glot = [r for r in rows_out if r["pooler"] == "glot"]
+        selected = max(glot, key=lambda r: r["dev"])["label"] if glot else None  # dev only; ties: the first row
+        result = {"task": task.name, "task_type": task.task_type, "metric": metric, "settings": asdict(settings),
+                  "budget": {"name": settings.budget, "base": asdict(base), "grid": grid},
+                  "backbone": base_bb.fingerprint(), "sizes": {k: len(v) for k, v in task.splits.items()},
+                  "suite": {**suite, "dev_selected_glot": selected, "rows_done": done},
+                  "records": records, "summary": rows_out, "significance": significance,
+                  "total_seconds": time.perf_counter() - t0}
+        atomic_write_json(out_dir / "results.json", result)
+        atomic_write_text(out_dir / "results.md", format_suite_table(result, curve))
+        from glotpool.experiments.report import plot_bars
+
+        plot_bars(rows_out, out_dir / "comparison.png", metric,
+                  title=f"{task.name}, frozen {settings.backbone}: decoder suite, test {metric} ({settings.budget})")
+        return result
+
+    result = None
     bar = tqdm(total=len(rows), desc=f"decoder suite {task.name} ({settings.budget})", unit="row",
                disable=not settings.show_progress or None)
-    for row in rows:
+    for i, row in enumerate(rows, 1):
         bar.set_postfix_str(row.name)
         exp = exps[row.prompt]
         spec = adapt_spec(replace(PoolerSpec.parse(row.pooler), label=row.name,
@@ -160,27 +187,9 @@ def run_decoder_suite(settings: CompareSettings, out_dir: str | Path, backbone=N
         summary.append({**summary_row(row.name, chosen, recs, dev_table, metric), **_describe(row, best, last, mix)})
         if settings.probe == "sklearn" and (probe := probe_row(spec, exp, metric, label=row.name)) is not None:
             summary.append({**probe, **_describe(row, best, last, mix), "pooler": f"{row.pooler} + sklearn LR"})
+        result = write(done=i)
         bar.update(1)
     bar.close()
-    significance = significance_vs_best(summary, golds, metric)
-    for r in summary:
-        r.pop("predictions", None)
-    glot = [r for r in summary if r["pooler"] == "glot"]
-    selected = max(glot, key=lambda r: r["dev"])["label"] if glot else None  # dev only; ties: the first row
-    result = {"task": task.name, "task_type": task.task_type, "metric": metric, "settings": asdict(settings),
-              "budget": {"name": settings.budget, "base": asdict(base), "grid": grid},
-              "backbone": base_bb.fingerprint(), "sizes": {k: len(v) for k, v in task.splits.items()},
-              "suite": {"name": "decoder", "rows": [asdict(r) for r in rows], "best_layer": best, "last_layer": last,
-                        "mix_layers": list(mix), "caches": caches, "dev_selected_glot": selected, "notes": notes,
-                        "layer_curve": {k: curve[k] for k in ("points", "best_layer", "best_dev", "tau", "probe")}},
-              "records": records, "summary": summary, "significance": significance,
-              "total_seconds": time.perf_counter() - t0}
-    atomic_write_json(out_dir / "results.json", result)
-    atomic_write_text(out_dir / "results.md", format_suite_table(result, curve))
-    from glotpool.experiments.report import plot_bars
-
-    plot_bars(summary, out_dir / "comparison.png", metric,
-              title=f"{task.name}, frozen {settings.backbone}: decoder suite, test {metric} ({settings.budget})")
     return result
 
 
@@ -205,6 +214,10 @@ def format_suite_table(result: dict, curve: dict) -> str:
              f"layers {suite['mix_layers']}. Prompts: PromptEOL pools the final token, echo the second copy of the "
              f"text (tokens = text). ◆ = dev-selected GLOT: the GLOT row with the best mean dev {metric} (layer, "
              "prompt and tokens chosen on dev; test not used).", ""]
+    if suite.get("rows_done", len(suite["rows"])) < len(suite["rows"]):
+        left = [r["name"] for r in suite["rows"][suite["rows_done"]:]]
+        lines += [f"**Partial: {suite['rows_done']} of {len(suite['rows'])} rows done** (not yet run: "
+                  f"{', '.join(left)}); rerun the same command to resume.", ""]
     if suite["notes"]:
         lines += [*suite["notes"], ""]
     lines += [f"| row | layer | prompt | tokens | test {metric} | dev {metric} | chosen | Δ vs best [95 % CI], p | "

@@ -11,7 +11,8 @@ Also measured per layer: GLOT's token graph at its default τ (edges per token, 
 
 Writes ``results.json``, ``results.md`` and ``layers.png`` (dev metric and graph density vs layer). The pooled
 features and graph numbers are stored in ``features.safetensors`` + ``features.json``, keyed on every input
-(backbone fingerprint with prompt and max_length, the texts, the sample): a rerun only refits the probes.
+(backbone fingerprint with prompt and max_length, the texts, the sample), and ``results.json`` records the
+probes' inputs: a rerun with the same inputs reuses both, one with other targets or probe settings refits the probes.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from glotpool.data import LoadedTask, TaskSource
-from glotpool.experiments.probe import C_GRID, fit_probe, pair_features
+from glotpool.experiments.probe import C_GRID, MAX_EXTENSIONS, fit_probe, pair_features
 from glotpool.experiments.scaffold import backbone_variant, data_warnings, graph_density_of
 from glotpool.io_utils import atomic_path, atomic_write_json, atomic_write_text, sha256_texts
 from glotpool.states.backbone import Backbone
@@ -89,6 +90,10 @@ def run_layers(settings: LayerSettings, out_dir: str | Path, backbone: Backbone 
                                                      replace=False))
     feats, graph = layer_features(bb, texts, sample, out_dir, settings.batch_size, settings.show_progress)
     metric = default_metric(task.task_type)
+    probe_key = probe_inputs_key(json.loads((out_dir / "features.json").read_text())["key"], data, metric)
+    done = out_dir / "results.json"
+    if done.is_file() and json.loads(done.read_text()).get("probe_key") == probe_key:
+        return json.loads(done.read_text())  # the same probes on the same inputs: a rerun (a resumed suite) reuses them
     # One process per core (each fit is single-threaded, see fit_probe): 31 SmolLM2 layers of SNLI (5,000 pairs)
     # took 12 min on 2 cores, against about 35 min one layer after another.
     from joblib import Parallel, delayed
@@ -106,7 +111,7 @@ def run_layers(settings: LayerSettings, out_dir: str | Path, backbone: Backbone 
                         f"{list(C_GRID)}" if head_class(task.task_type).is_classification
                         else "cosine of the two texts' mean vectors (no training)"),
               "tau": GLOTConfig.tau, "graph_sample": len(sample), "num_layers": feats.shape[1] - 1,
-              "points": points, "best_layer": best["layer"], "best_dev": best["dev"],
+              "points": points, "best_layer": best["layer"], "best_dev": best["dev"], "probe_key": probe_key,
               "total_seconds": time.perf_counter() - t0}
     atomic_write_json(out_dir / "results.json", result)
     atomic_write_text(out_dir / "results.md", format_layer_table(result))
@@ -116,6 +121,16 @@ def run_layers(settings: LayerSettings, out_dir: str | Path, backbone: Backbone 
                      title=f"{task.name}, frozen {settings.backbone}"
                            + (f", prompt {settings.prompt}" if settings.prompt else "") + f": dev {metric} per layer")
     return result
+
+
+def probe_inputs_key(features_key: str, data: CachedSplits, metric: str) -> str:
+    """What the per-layer probes depend on: the features (their key covers backbone, texts and graph sample), each
+    split's rows and targets, the metric and the probe's C grid."""
+    splits = {s: [data[s].idx1.tolist(), None if data[s].idx2 is None else data[s].idx2.tolist(),
+                  np.asarray(data[s].targets).tolist()] for s in PROBE_SPLITS}
+    return hashlib.sha256(json.dumps({"features": features_key, "metric": metric, "C": list(C_GRID),
+                                      "extensions": MAX_EXTENSIONS, "splits": splits},
+                                     sort_keys=True).encode()).hexdigest()
 
 
 def probe_layer(z: np.ndarray, data: CachedSplits, metric: str) -> dict:
