@@ -190,7 +190,7 @@ def run_decoder_suite(settings: CompareSettings, out_dir: str | Path, backbone=N
         result = write(done=i)
         bar.update(1)
     bar.close()
-    return result
+    return result if result is not None else write(done=0)  # no row to run: still the (empty) table
 
 
 def _describe(row: SuiteRow, best: int, last: int, mix: tuple[int, ...]) -> dict:

@@ -88,12 +88,14 @@ def run_layers(settings: LayerSettings, out_dir: str | Path, backbone: Backbone 
     train_rows = np.unique(data["train"].idx1)
     sample = np.sort(np.random.default_rng(0).choice(train_rows, size=min(settings.graph_sample, len(train_rows)),
                                                      replace=False))
-    feats, graph = layer_features(bb, texts, sample, out_dir, settings.batch_size, settings.show_progress)
+    feats, graph, features_key = layer_features(bb, texts, sample, out_dir, settings.batch_size,
+                                                settings.show_progress)
     metric = default_metric(task.task_type)
-    probe_key = probe_inputs_key(json.loads((out_dir / "features.json").read_text())["key"], data, metric)
+    probe_key = probe_inputs_key(features_key, data, metric)
     done = out_dir / "results.json"
-    if done.is_file() and json.loads(done.read_text()).get("probe_key") == probe_key:
-        return json.loads(done.read_text())  # the same probes on the same inputs: a rerun (a resumed suite) reuses them
+    stored = json.loads(done.read_text()) if done.is_file() else {}
+    if stored.get("probe_key") == probe_key:
+        return stored  # the same probes on the same inputs: a rerun (a resumed suite) reuses them
     # One process per core (each fit is single-threaded, see fit_probe): 31 SmolLM2 layers of SNLI (5,000 pairs)
     # took 12 min on 2 cores, against about 35 min one layer after another.
     from joblib import Parallel, delayed
@@ -146,9 +148,9 @@ def probe_layer(z: np.ndarray, data: CachedSplits, metric: str) -> dict:
 
 
 def layer_features(bb: Backbone, texts: list[str], sample: np.ndarray, folder: Path, batch_size: int = 32,
-                   show_progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
+                   show_progress: bool = True) -> tuple[torch.Tensor, list[dict], str]:
     """``(Z [N, K, D] float32: each text's mean over its text tokens, per hidden layer; per layer GLOT's graph
-    numbers on the ``sample`` rows)`` from one backbone pass (``bb`` built with ``layers="all"``), or from
+    numbers on the ``sample`` rows; the features' key)`` from one backbone pass (``bb`` built with ``layers="all"``), or from
     ``folder`` when a pass with the same inputs is stored there."""
     from glotpool.pooling import build_pooler
 
@@ -161,7 +163,7 @@ def layer_features(bb: Backbone, texts: list[str], sample: np.ndarray, folder: P
         if meta.get("key") == key:
             from safetensors.torch import load_file
 
-            return load_file(str(feat_file))["features"], meta["graph"]
+            return load_file(str(feat_file))["features"], meta["graph"], key
     from tqdm.auto import tqdm
 
     from glotpool.states.backbone import iter_encoded
@@ -198,7 +200,7 @@ def layer_features(bb: Backbone, texts: list[str], sample: np.ndarray, folder: P
     with atomic_path(feat_file) as tmp:
         save_file({"features": z.contiguous()}, str(tmp))
     atomic_write_json(meta_file, {"key": key, "graph": graph, "n": len(texts), "layers": K})  # last: complete
-    return z, graph
+    return z, graph, key
 
 
 def _padded(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
