@@ -11,7 +11,10 @@ from test_layer_probe import write_splits
 
 def test_row_list_shrinks_by_pattern_and_the_mix_set_holds_best_and_last():
     names = [r.name for r in DECODER_ROWS]
-    assert names[:4] == ["mean", "last", "prompteol-last", "echo-mean"] and len(names) == 4 + 3 * 3 * 2
+    assert names[:8] == ["mean", "last", "prompteol-last", "echo-mean",
+                         "mean-best", "last-best", "prompteol-last-best", "echo-mean-best"]
+    assert len(names) == 8 + 3 * 3 * 2 and len(set(names)) == len(names)
+    assert {r.name: (r.layer, r.prompt, r.tokens) for r in DECODER_ROWS}["echo-mean-best"] == ("best", "echo", "text")
     assert {r.name for r in select_rows(DECODER_ROWS, ("glot-*",))} == {
         "glot-last", "glot-best", "glot-mix", "glot-last-echo", "glot-best-echo", "glot-mix-echo"}
     with pytest.raises(ValueError, match="match no row"):
@@ -58,6 +61,13 @@ def test_suite_runs_end_to_end_and_selects_on_dev_only(minilm, tmp_path):
     table = (tmp_path / "a" / "results.md").read_text()
     assert "| echo-mean | last (6) | echo | text |" in table and "◆" in table and "γ" in table
     assert "## Layer probe (dev)" in table and "Partial" not in table and s["rows_done"] == len(rows)
+    # the target check pairs the dev-best GLOT row with the dev-best training-free row (chosen on dev, not test)
+    t, by = s["glot_vs_training_free"], {r["label"]: r for r in a["summary"]}
+    assert t["glot"] == s["dev_selected_glot"]
+    assert t["baseline"] == max(("mean", "prompteol-last", "echo-mean"), key=lambda k: by[k]["dev"])
+    assert t["delta"] == pytest.approx(by[t["glot"]]["mean"] - by[t["baseline"]]["mean"])  # one seed: plain Δ
+    assert t["low"] <= t["delta"] <= t["high"] and 0 <= t["p_value"] <= 1
+    assert f"{t['glot']} − {t['baseline']} = {100 * t['delta']:+.1f}" in table
     # the table written after each row says what is still to run
     from glotpool.experiments.decoder_suite import format_suite_table
 
@@ -77,6 +87,8 @@ def test_suite_runs_end_to_end_and_selects_on_dev_only(minilm, tmp_path):
     b = _suite(minilm, {**paths, "test": flipped}, tmp_path / "b", tmp_path / "cache", rows)
     for key in ("best_layer", "mix_layers", "dev_selected_glot"):
         assert b["suite"][key] == s[key], key
+    assert b["suite"]["glot_vs_training_free"]["baseline"] == t["baseline"]
+    assert b["suite"]["glot_vs_training_free"]["delta"] == pytest.approx(-t["delta"])  # flipped labels flip Δ
     assert [r["dev"] for r in b["summary"]] == [r["dev"] for r in a["summary"]]
     assert [r["chosen"] for r in b["summary"]] == [r["chosen"] for r in a["summary"]]
     for ra, rb in zip(a["summary"], b["summary"]):

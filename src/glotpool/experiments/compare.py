@@ -53,7 +53,7 @@ class CompareSettings:
 
 
 # metric families the paired tests know: per-row correctness (classification) or a correlation (sts)
-_TEST_KIND = {"accuracy": "accuracy", "spearman": "spearman", "pearson": "pearson"}
+PAIRED_TEST_KIND = {"accuracy": "accuracy", "spearman": "spearman", "pearson": "pearson"}
 
 
 def backbone_states(settings: CompareSettings) -> dict:
@@ -155,7 +155,7 @@ def probe_row(spec: PoolerSpec, exp, metric: str, label: str | None = None) -> d
 def significance_vs_best(summary: list[dict], golds, metric: str) -> dict:
     """Every row against the best row (by test mean) by the paired test of its kind on the test rows ``golds``;
     {} when the metric has none."""
-    kind = _TEST_KIND.get(metric)
+    kind = PAIRED_TEST_KIND.get(metric)
     rows = {r["label"]: r["predictions"] for r in summary if r.get("predictions") and None not in r["predictions"]}
     if kind is None or len(rows) < 2:
         return {}

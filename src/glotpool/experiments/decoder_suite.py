@@ -32,10 +32,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from glotpool.experiments.budgets import protocol, tune_and_run
-from glotpool.experiments.compare import (CompareSettings, check_probe, probe_row, row_cells,
+from glotpool.experiments.compare import (PAIRED_TEST_KIND, CompareSettings, check_probe, probe_row, row_cells,
                                           significance_vs_best, summary_row, table_intro)
 from glotpool.experiments.layers import LayerSettings, format_layer_table, run_layers
 from glotpool.experiments.runs import PoolerSpec
+from glotpool.experiments.significance import compare_to_best
 from glotpool.experiments.scaffold import adapt_spec, backbone_variant, prepare_experiment
 from glotpool.io_utils import atomic_write_json, atomic_write_text
 from glotpool.training.trainer import StateSelection
@@ -63,12 +64,18 @@ class SuiteRow:
                 "mix": "mix of " + ",".join(map(str, mix))}[self.layer]
 
 
-DECODER_ROWS: tuple[SuiteRow, ...] = (
-    # training-free poolers, each with the same linear head as every other row
+TRAINING_FREE_ROWS: tuple[SuiteRow, ...] = (
     SuiteRow("mean", "mean"),
     SuiteRow("last", "last"),
     SuiteRow("prompteol-last", "last", prompt="prompteol"),
     SuiteRow("echo-mean", "mean", prompt="echo", tokens="text"),
+)
+
+DECODER_ROWS: tuple[SuiteRow, ...] = (
+    # training-free poolers, each with the same linear head as every other row, on the last layer and, since GLOT
+    # gets the best dev layer too, on that layer (a baseline on the last layer only would flatter the learned rows)
+    *TRAINING_FREE_ROWS,
+    *(replace(r, name=f"{r.name}-best", layer="best") for r in TRAINING_FREE_ROWS),
     # learned poolers x {last layer, best dev layer, layer mix} x {no prompt, echo (pooling the second copy)}
     *(SuiteRow(f"{pooler}-{layer}" + ("-echo" if echo else ""), pooler, layer, "echo" if echo else None,
                "text" if echo else "all")
@@ -157,12 +164,12 @@ def run_decoder_suite(settings: CompareSettings, out_dir: str | Path, backbone=N
         """results.json / .md / .png of the rows done so far: an interrupted suite still leaves its table."""
         significance = significance_vs_best(summary, golds, metric)
         rows_out = [{k: v for k, v in r.items() if k != "predictions"} for r in summary]
-        glot = [r for r in rows_out if r["pooler"] == "glot"]
-        selected = max(glot, key=lambda r: r["dev"])["label"] if glot else None  # dev only; ties: the first row
+        selected = _dev_best(rows_out, lambda r: r["pooler"] == "glot")
         result = {"task": task.name, "task_type": task.task_type, "metric": metric, "settings": asdict(settings),
                   "budget": {"name": settings.budget, "base": asdict(base), "grid": grid},
                   "backbone": base_bb.fingerprint(), "sizes": {k: len(v) for k, v in task.splits.items()},
-                  "suite": {**suite, "dev_selected_glot": selected, "rows_done": done},
+                  "suite": {**suite, "dev_selected_glot": selected, "rows_done": done,
+                            "glot_vs_training_free": glot_vs_training_free(summary, golds, metric)},
                   "records": records, "summary": rows_out, "significance": significance,
                   "total_seconds": time.perf_counter() - t0}
         atomic_write_json(out_dir / "results.json", result)
@@ -193,6 +200,32 @@ def run_decoder_suite(settings: CompareSettings, out_dir: str | Path, backbone=N
     return result if result is not None else write(done=0)  # no row to run: still the (empty) table
 
 
+def _is_training_free(r: dict) -> bool:
+    """A training-free row: a parameter-free pooler under the linear head, or its sklearn probe row."""
+    return r["pooler"].split(" + ")[0] not in LEARNED_POOLERS
+
+
+def _dev_best(rows: list[dict], keep) -> str | None:
+    """The label of the row with the best mean dev score among ``rows`` that ``keep``; ties: the first row."""
+    kept = [r for r in rows if keep(r)]
+    return max(kept, key=lambda r: r["dev"])["label"] if kept else None
+
+
+def glot_vs_training_free(summary: list[dict], golds, metric: str) -> dict | None:
+    """The issue's target, measured without touching test for any choice: the dev-selected GLOT row against the
+    dev-selected training-free row (both picked by mean dev score), by the paired test on the test rows. ``delta``
+    = GLOT − baseline with its 95 % interval; None until both kinds of row are done or when the metric has no test."""
+    kind = PAIRED_TEST_KIND.get(metric)
+    glot = _dev_best(summary, lambda r: r["pooler"] == "glot")
+    base = _dev_best(summary, _is_training_free)
+    if kind is None or glot is None or base is None:
+        return None
+    preds = {r["label"]: r["predictions"] for r in summary if r["label"] in (glot, base)}
+    t = compare_to_best(preds, golds, kind, best=glot)[base]  # delta = baseline − GLOT
+    return {"glot": glot, "baseline": base, "delta": -t.delta, "low": -t.high, "high": -t.low,
+            "p_value": t.p_value, "method": t.method}
+
+
 def _describe(row: SuiteRow, best: int, last: int, mix: tuple[int, ...]) -> dict:
     return {"pooler": row.pooler, "layer": row.layer_text(best, last, mix), "prompt": row.prompt or "—",
             "tokens": row.tokens}
@@ -220,6 +253,10 @@ def format_suite_table(result: dict, curve: dict) -> str:
                   f"{', '.join(left)}); rerun the same command to resume.", ""]
     if suite["notes"]:
         lines += [*suite["notes"], ""]
+    if (t := suite.get("glot_vs_training_free")) is not None:
+        lines += [f"**Dev-selected GLOT vs dev-selected training-free baseline:** {t['glot']} − {t['baseline']} = "
+                  f"{100 * t['delta']:+.1f} [{100 * t['low']:+.1f}, {100 * t['high']:+.1f}] points on test, "
+                  f"p = {t['p_value']:.3f} ({t['method']}); both rows chosen by mean dev {metric}.", ""]
     lines += [f"| row | layer | prompt | tokens | test {metric} | dev {metric} | chosen | Δ vs best [95 % CI], p | "
               "trainable params | layer mix weights |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["summary"]:
