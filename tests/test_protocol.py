@@ -207,3 +207,38 @@ def test_the_main_jobs_settings_are_valid_protocols():
     with pytest.raises(ValueError, match="converged budget only"):
         s = MainJobSettings.smoke(compare_grid={"lr": (1e-3,)})
         protocol(s.compare_budget, TrainConfig(), s.compare_grid, "single")
+
+
+def test_the_lr_grid_widens_past_its_edge_while_dev_picks_the_edge(monkeypatch, tmp_path):
+    """A dev-best lr on the grid's edge is not shown to be tuned: tune_and_run adds the next step beyond it (the
+    grid's ratio, on the 1-3-10 ladder), at most MAX_LR_EXTENSIONS times, and trains every seed at the final pick."""
+    from types import SimpleNamespace
+
+    from glotpool.experiments import budgets
+
+    assert budgets.lr_beyond_edge((3e-4, 1e-3, 3e-3, 1e-2), 3e-4) == 1e-4
+    assert budgets.lr_beyond_edge((3e-4, 1e-3, 3e-3, 1e-2), 1e-2) == 3e-2
+    assert budgets.lr_beyond_edge((1e-3, 1e-2), 1e-2) == 1e-1
+    assert budgets.lr_beyond_edge((1e-3, 1e-2), 5e-3) is None and budgets.lr_beyond_edge((1e-3,), 1e-3) is None
+    runs = []
+
+    def fake_run(spec, cache, data, cfg, seed, head_options, run_dir, save_model):
+        runs.append((cfg.lr, cfg.weight_decay, seed))
+        acc = -abs(math.log10(cfg.lr) - math.log10(peak)) - cfg.weight_decay  # dev accuracy peaks at lr = peak
+        return SimpleNamespace(dev={"accuracy": acc, "loss": -acc}, lr=cfg.lr)
+
+    monkeypatch.setattr(budgets, "run_one", fake_run)
+    data = SimpleNamespace(task_type="single")
+    base = TrainConfig(show_progress=False)
+    # peak 1e-4: 3e-4 wins, 1e-4 is tried and wins, 3e-5 is tried and loses; peak 1e-7: stops after two steps;
+    # peak 2e-3 on {1e-3, 3e-3}: 3e-3 wins, 1e-2 is tried and loses
+    for peak, want, tried in ((1e-4, 1e-4, {1e-3, 3e-4, 1e-4, 3e-5}), (1e-7, 3e-5, {1e-3, 3e-4, 1e-4, 3e-5}),
+                              (2e-3, 3e-3, {1e-3, 3e-3, 1e-2})):
+        runs.clear()
+        grid = {"lr": (3e-4, 1e-3), "weight_decay": (0.0, 0.01)} if peak != 2e-3 else {"lr": (1e-3, 3e-3)}
+        chosen, records, dev_table = budgets.tune_and_run(None, None, data, base, grid, (0, 1, 2), tmp_path)
+        assert chosen["lr"] == want and [r.lr for r in records] == [want] * 3, peak
+        assert chosen.get("weight_decay", 0.0) == 0.0  # the other axes are searched at the new lr too
+        assert {lr for lr, _, _ in runs} == tried and len(dev_table) == sum(seed == 0 for _, _, seed in runs)
+        assert len(runs) == len(set(runs))  # no point trained twice
+        assert grid["lr"] in ((3e-4, 1e-3), (1e-3, 3e-3))  # the caller's grid is left as it was

@@ -3,7 +3,9 @@
 =============  =================================================================================================
 ``converged``  (default) up to 60 epochs, cosine decay from the first step (no warm-up), early stopping on the dev
                metric (patience 8; ties broken by dev loss); lr × weight decay picked **per pooler** on dev from
-               :data:`CONVERGED_GRID` with the first seed, every seed then trained at the chosen point
+               :data:`CONVERGED_GRID` with the first seed (the lr grid grows a step past its edge, up to
+               :data:`MAX_LR_EXTENSIONS` times, while the best lr sits on that edge), every seed then trained at the
+               chosen point
 ``paper``      the published script's setting: 3 epochs at lr 1e-4, constant, no early stopping, no selection
 ``fixed``      exactly the given TrainConfig (lr, epochs, ...), no selection
 =============  =================================================================================================
@@ -19,6 +21,7 @@ over 3 seeds under the old constant-rate fixed budget).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from glotpool.training.trainer import CachedSplits, TrainConfig, _is_better, res
 BUDGET_NAMES = ("converged", "paper", "fixed")
 CONVERGED = TrainConfig(epochs=60, lr=1e-3, weight_decay=0.01, patience=8, schedule="cosine", warmup=0.0)
 CONVERGED_GRID = {"lr": (3e-4, 1e-3, 3e-3, 1e-2), "weight_decay": (0.0, 0.01)}
+MAX_LR_EXTENSIONS = 2  # steps tune_and_run adds beyond the lr grid's edge while the dev-best lr sits on it
 PAPER = TrainConfig(epochs=3, lr=1e-4, batch_size=32, patience=0)
 
 
@@ -73,8 +77,10 @@ def describe(budget: str, base: dict, grid: dict, per: str = "pooler") -> str:
     values = {k: ", ".join(f"{v:g}" for v in vals) for k, vals in grid.items()}
     if all(len(v) == 1 for v in grid.values()):
         return text + "; at " + ", ".join(f"{k} {v}" for k, v in values.items()) + " (a one-point grid: no selection)"
+    widen = (f" (lr widened by up to {MAX_LR_EXTENSIONS} steps past an edge of its grid while dev chose that edge)"
+             if len(grid.get("lr", ())) > 1 else "")
     return (text + f"; per {per} " + ", ".join(f"{k} ∈ {{{v}}}" for k, v in values.items())
-            + " chosen on dev with the first seed")
+            + " chosen on dev with the first seed" + widen)
 
 
 def point_name(point: dict) -> str:
@@ -92,20 +98,46 @@ def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: 
     the first seed's weights (of every grid point: the winner is not known in advance).
     """
     metric, higher = resolve_metric(base, data.task_type)
-    keys = list(grid)
-    points = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))] or [{}]
+    grid = {k: tuple(v) for k, v in grid.items()}
 
     def run(point, seed):
         return run_one(spec, cache, data, replace(base, **point), seed=seed, head_options=head_options,
                        run_dir=run_root / point_name(point) / f"seed-{seed}", save_model=save_model and seed == seeds[0])
 
-    first = {i: run(p, seeds[0]) for i, p in enumerate(points)}
-    best = 0
-    for i in range(1, len(points)):
-        if _is_better(first[i].dev.get(metric), first[best].dev.get(metric), higher, first[i].dev.get("loss"),
-                      first[best].dev.get("loss")):
-            best = i
-    chosen = points[best]
-    records = [first[best]] + [run(chosen, s) for s in seeds[1:]]
-    dev_table = {point_name(p): first[i].dev.get(metric) for i, p in enumerate(points)}
+    first: dict[str, tuple[dict, RunRecord]] = {}  # point name -> (point, seed-0 record), in grid order
+    for _ in range(1 + MAX_LR_EXTENSIONS):
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            point = dict(zip(keys, combo))
+            if point_name(point) not in first:
+                first[point_name(point)] = point, run(point, seeds[0])
+        best = None
+        for name, (point, rec) in first.items():
+            if best is None or _is_better(rec.dev.get(metric), first[best][1].dev.get(metric), higher,
+                                          rec.dev.get("loss"), first[best][1].dev.get("loss")):
+                best = name
+        wider = lr_beyond_edge(grid.get("lr", ()), first[best][0].get("lr"))
+        if wider is None:
+            break
+        grid["lr"] = tuple(sorted(grid["lr"] + (wider,)))
+    chosen, best_record = first[best]
+    records = [best_record] + [run(chosen, s) for s in seeds[1:]]
+    dev_table = {name: rec.dev.get(metric) for name, (_, rec) in first.items()}
     return chosen, records, dev_table
+
+
+def lr_beyond_edge(lrs: tuple[float, ...], chosen: float | None) -> float | None:
+    """The next learning rate to try when dev chose an edge of the lr grid ``lrs`` (>= 2 values), else None.
+
+    A best point on the edge says the optimum may lie beyond it, so that row was not shown to be tuned; the step
+    beyond is the grid's own ratio at that edge, snapped to the 1-3-10 ladder (3e-4 below {3e-4, 1e-3, ...} gives
+    1e-4; 3e-2 above {..., 1e-2, 3e-2} gives 1e-1)."""
+    lrs = sorted(set(lrs))
+    if chosen is None or len(lrs) < 2 or lrs[0] < chosen < lrs[-1]:
+        return None
+    edge, neighbour = (lrs[0], lrs[1]) if chosen == lrs[0] else (lrs[-1], lrs[-2])
+    target = edge * edge / neighbour
+    ladder = [m * 10.0 ** e for e in range(math.floor(math.log10(target)) - 1, math.floor(math.log10(target)) + 2)
+              for m in (1, 3)]
+    snapped = min(ladder, key=lambda v: abs(math.log(v / target)))
+    return float(f"{snapped:.0e}") if snapped not in lrs and (snapped - edge) * (target - edge) > 0 else target
