@@ -163,14 +163,16 @@ def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
 
 def add_budget_args(p: argparse.ArgumentParser, grid_flag: str = "--grid") -> None:
     """``--budget`` and the converged budget's dev grid (``grid_flag``; read back as ``args.train_grid``)."""
-    from glotpool.experiments.budgets import BUDGET_NAMES, CONVERGED_GRID
+    from glotpool.experiments.budgets import BUDGET_NAMES, CONVERGED_GRID, MAX_LR_EXTENSIONS
 
     p.add_argument("--budget", default="converged", choices=BUDGET_NAMES,
                    help="converged: cosine decay, early stopping, lr x weight decay chosen on dev; "
                         "paper: the published 3 epochs at lr 1e-4; fixed: exactly --lr/--epochs/...")
     p.add_argument(grid_flag, nargs="*", default=None, metavar="KEY=V1,V2", dest="train_grid",
                    help="converged budget's dev grid, e.g. lr=1e-3,1e-2 weight_decay=0,0.01 (default "
-                        + " ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in CONVERGED_GRID.items()) + ")")
+                        + " ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in CONVERGED_GRID.items())
+                        + f"); while dev picks an edge lr, the lr axis grows a step past it (at most "
+                        f"{MAX_LR_EXTENSIONS} steps)")
 
 
 def train_grid(args: argparse.Namespace) -> dict | None:

@@ -108,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
     head_options = {"temperature": args.temperature, "learn_temperature": args.learn_temperature}
     chosen, dev_table, run_dir = {}, {}, out / "run"
     if grid:
+        # the user's own grid, exactly: every point is a full training run of the exported model
         chosen, (rec,), dev_table = tune_and_run(spec, exp.cache, exp.data, cfg, grid, (args.seed,), out / "runs",
-                                                 head_options)
+                                                 head_options, widen_lr=0)
         run_dir = out / "runs" / point_name(chosen) / f"seed-{args.seed}"
     else:
         rec = run_one(spec, exp.cache, exp.data, cfg, seed=args.seed, run_dir=run_dir, save_model=True,

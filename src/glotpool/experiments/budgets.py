@@ -91,11 +91,13 @@ def point_name(point: dict) -> str:
 
 def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: TrainConfig, grid: dict,
                  seeds: tuple[int, ...], run_root: Path, head_options: dict | None = None,
-                 save_model: bool = True) -> tuple[dict, list[RunRecord], dict]:
+                 save_model: bool = True, widen_lr: int = MAX_LR_EXTENSIONS) -> tuple[dict, list[RunRecord], dict]:
     """Pick ``grid``'s best point on dev with ``seeds[0]``, then train every seed there (each run resumable).
 
-    Returns ``(chosen point, one record per seed at that point, {point name: dev metric})``. ``save_model`` keeps
-    the first seed's weights (of every grid point: the winner is not known in advance).
+    While the best lr sits on an edge of the grid's lr values, the grid grows one step past it
+    (:func:`lr_beyond_edge`), at most ``widen_lr`` times (0: exactly ``grid``). Returns ``(chosen point, one record
+    per seed at that point, {point name: dev metric of every point tried})``. ``save_model`` keeps the first seed's
+    weights (of every grid point: the winner is not known in advance).
     """
     metric, higher = resolve_metric(base, data.task_type)
     grid = {k: tuple(v) for k, v in grid.items()}
@@ -105,7 +107,7 @@ def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: 
                        run_dir=run_root / point_name(point) / f"seed-{seed}", save_model=save_model and seed == seeds[0])
 
     first: dict[str, tuple[dict, RunRecord]] = {}  # point name -> (point, seed-0 record), in grid order
-    for _ in range(1 + MAX_LR_EXTENSIONS):
+    for _ in range(1 + widen_lr):
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             point = dict(zip(keys, combo))
