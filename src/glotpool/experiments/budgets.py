@@ -106,7 +106,7 @@ def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: 
         return run_one(spec, cache, data, replace(base, **point), seed=seed, head_options=head_options,
                        run_dir=run_root / point_name(point) / f"seed-{seed}", save_model=save_model and seed == seeds[0])
 
-    first: dict[str, tuple[dict, RunRecord]] = {}  # point name -> (point, seed-0 record), in grid order
+    first: dict[str, tuple[dict, RunRecord]] = {}  # point name -> (point, seed-0 record), in the order tried
     for _ in range(1 + widen_lr):
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):

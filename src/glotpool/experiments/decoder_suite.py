@@ -36,8 +36,8 @@ from glotpool.experiments.compare import (PAIRED_TEST_KIND, CompareSettings, che
                                           significance_vs_best, summary_row, table_intro)
 from glotpool.experiments.layers import LayerSettings, format_layer_table, run_layers
 from glotpool.experiments.runs import PoolerSpec
-from glotpool.experiments.significance import compare_to_best
 from glotpool.experiments.scaffold import adapt_spec, backbone_variant, prepare_experiment
+from glotpool.experiments.significance import compare_to_best
 from glotpool.io_utils import atomic_write_json, atomic_write_text
 from glotpool.training.trainer import StateSelection
 
@@ -212,9 +212,10 @@ def _dev_best(rows: list[dict], keep) -> str | None:
 
 
 def glot_vs_training_free(summary: list[dict], golds, metric: str) -> dict | None:
-    """The issue's target, measured without touching test for any choice: the dev-selected GLOT row against the
-    dev-selected training-free row (both picked by mean dev score), by the paired test on the test rows. ``delta``
-    = GLOT − baseline with its 95 % interval; None until both kinds of row are done or when the metric has no test."""
+    """Does the learned graph pooler beat what needs no training? The dev-selected GLOT row against the dev-selected
+    training-free row (both picked by mean dev score, so test enters neither choice), by the paired test on the test
+    rows. ``delta`` = GLOT − baseline with its 95 % interval; None until both kinds of row are done, or when the
+    metric has no paired test."""
     kind = PAIRED_TEST_KIND.get(metric)
     glot = _dev_best(summary, lambda r: r["pooler"] == "glot")
     base = _dev_best(summary, _is_training_free)
