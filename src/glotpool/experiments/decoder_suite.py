@@ -169,7 +169,7 @@ def run_decoder_suite(settings: CompareSettings, out_dir: str | Path, backbone=N
                   "budget": {"name": settings.budget, "base": asdict(base), "grid": grid},
                   "backbone": base_bb.fingerprint(), "sizes": {k: len(v) for k, v in task.splits.items()},
                   "suite": {**suite, "dev_selected_glot": selected, "rows_done": done,
-                            "glot_vs_training_free": glot_vs_training_free(summary, golds, metric)},
+                            "glot_vs_training_free": glot_vs_training_free(summary, golds, metric, selected)},
                   "records": records, "summary": rows_out, "significance": significance,
                   "total_seconds": time.perf_counter() - t0}
         atomic_write_json(out_dir / "results.json", result)
@@ -211,13 +211,12 @@ def _dev_best(rows: list[dict], keep) -> str | None:
     return max(kept, key=lambda r: r["dev"])["label"] if kept else None
 
 
-def glot_vs_training_free(summary: list[dict], golds, metric: str) -> dict | None:
-    """Does the learned graph pooler beat what needs no training? The dev-selected GLOT row against the dev-selected
-    training-free row (both picked by mean dev score, so test enters neither choice), by the paired test on the test
-    rows. ``delta`` = GLOT − baseline with its 95 % interval; None until both kinds of row are done, or when the
-    metric has no paired test."""
+def glot_vs_training_free(summary: list[dict], golds, metric: str, glot: str | None) -> dict | None:
+    """Does the learned graph pooler beat what needs no training? The dev-selected GLOT row ``glot`` against the
+    dev-selected training-free row (both picked by mean dev score, so test enters neither choice), by the paired test
+    on the test rows. ``delta`` = GLOT − baseline with its 95 % interval; None until both kinds of row are done, or
+    when the metric has no paired test."""
     kind = PAIRED_TEST_KIND.get(metric)
-    glot = _dev_best(summary, lambda r: r["pooler"] == "glot")
     base = _dev_best(summary, _is_training_free)
     if kind is None or glot is None or base is None:
         return None
