@@ -244,3 +244,79 @@ def test_the_lr_grid_widens_past_its_edge_while_dev_picks_the_edge(monkeypatch, 
         assert {lr for lr, _, _ in runs} == tried and len(dev_table) == sum(seed == 0 for _, _, seed in runs)
         assert len(runs) == len(set(runs))  # no point trained twice
         assert grid["lr"] in ((3e-4, 1e-3), (1e-3, 3e-3))  # the caller's grid is left as it was
+
+
+def test_the_constant_prediction_loss_is_the_best_constant_cross_entropy():
+    """constant_prediction_loss = H(m), m_c ∝ w_c n_c: equal to torch's weighted cross-entropy of the constant
+    prediction p = m, and no other constant prediction does better."""
+    import torch
+    import torch.nn.functional as F
+
+    from glotpool.experiments.runs import constant_prediction_loss
+    from glotpool.training.heads import build_head
+
+    targets = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    rng = np.random.default_rng(0)
+    for weights in (None, [0.5, 1.0, 3.0]):
+        head = build_head("single", 8, num_labels=3, class_weights=weights)
+        got = constant_prediction_loss(head, targets)
+        w = torch.tensor(weights or [1.0] * 3, dtype=torch.float64)
+        mass = torch.bincount(torch.from_numpy(targets), minlength=3).double() * w
+        y = torch.from_numpy(targets)
+
+        def ce(p):  # the weighted mean cross-entropy of predicting p for every row, as the trainer computes it
+            return float(F.cross_entropy(torch.log(p).expand(len(y), -1), y, weight=w))
+
+        assert got == pytest.approx(ce(mass / mass.sum()), rel=1e-9)
+        for _ in range(20):
+            assert ce(torch.from_numpy(rng.dirichlet(np.ones(3)))) >= got - 1e-12
+    assert constant_prediction_loss(build_head("sts", 8), np.array([0.5, 1.0])) is None
+
+
+def test_a_run_that_learned_nothing_is_told_apart_on_a_real_model(minilm, tmp_path):
+    """run_one records the train loss and the constant prediction's (ln 2 on balanced Pang & Lee): a head trained at
+    lr 1e-2 learned something, one at lr 1e-9 (the initial, near-constant head) did not."""
+    from glotpool.data import TaskSource
+    from glotpool.experiments.runs import PoolerSpec, learned_anything, run_one
+    from glotpool.experiments.scaffold import prepare_experiment
+
+    task = TaskSource(task=None, data_file=str(DATA / "pang-lee" / "sentences-600.csv")).load()
+    exp = prepare_experiment(minilm, task, tmp_path / "cache", show_progress=False)
+    counts = np.bincount(exp.data["train"].targets)
+    entropy = -sum(c / counts.sum() * math.log(c / counts.sum()) for c in counts)
+    for lr, want in ((1e-2, True), (1e-9, False)):
+        rec = run_one(PoolerSpec.parse("mean"), exp.cache, exp.data,
+                      TrainConfig(epochs=3, lr=lr, patience=0, show_progress=False), seed=0)
+        assert rec.extra["train_loss"]["constant"] == pytest.approx(entropy, rel=1e-9)
+        assert learned_anything(rec) is want, lr
+
+
+def test_a_first_seed_that_learned_nothing_is_retried_once_with_the_next_seed(monkeypatch, tmp_path):
+    """A grid point whose seed-0 run collapsed is scored by its seed-1 run (the run seed 1 then reuses): one
+    collapsed seed neither rules out the best lr nor sends the widening the wrong way; the row keeps every seed."""
+    from types import SimpleNamespace
+
+    from glotpool.experiments import budgets
+
+    runs = []
+    dev_at = {1e-3: 0.60, 1e-2: 0.40, 1e-4: 0.55}  # what a run that trains reaches on dev
+
+    def fake_run(spec, cache, data, cfg, seed, head_options, run_dir, save_model):
+        runs.append((cfg.lr, seed))
+        collapsed = cfg.lr in (1e-3, 1e-2) and seed == 0  # seed 0 collapses at both grid points
+        acc = 0.39 if collapsed else dev_at[cfg.lr]
+        return SimpleNamespace(dev={"accuracy": acc, "loss": 1.0 - acc}, lr=cfg.lr, seed=seed,
+                               extra={"train_loss": {"min": 1.0985 if collapsed else 0.8, "constant": 1.0986}})
+
+    monkeypatch.setattr(budgets, "run_one", fake_run)
+    spec = SimpleNamespace(label="glot")
+    chosen, records, dev_table = budgets.tune_and_run(spec, None, SimpleNamespace(task_type="single"),
+                                                      TrainConfig(show_progress=False), {"lr": (1e-3, 1e-2)},
+                                                      (0, 1, 2), tmp_path)
+    # without the retry, 1e-2 (0.39 vs 0.39, lower loss ties) or noise would have decided; with it 1e-3 wins,
+    # sits on the lower edge, and 1e-4 (trained by seed 0, no retry) is tried and loses
+    assert chosen == {"lr": 1e-3}
+    assert dev_table == {"lr-0.001": 0.60, "lr-0.01": 0.40, "lr-0.0001": 0.55}
+    assert [(r.lr, r.seed) for r in records] == [(1e-3, 0), (1e-3, 1), (1e-3, 2)]
+    assert records[0].dev["accuracy"] == 0.39  # the collapsed seed stays in the row
+    assert sorted(runs) == sorted([(1e-3, 0), (1e-3, 1), (1e-2, 0), (1e-2, 1), (1e-4, 0), (1e-3, 1), (1e-3, 2)])

@@ -3,9 +3,9 @@
 =============  =================================================================================================
 ``converged``  (default) up to 60 epochs, cosine decay from the first step (no warm-up), early stopping on the dev
                metric (patience 8; ties broken by dev loss); lr × weight decay picked **per pooler** on dev from
-               :data:`CONVERGED_GRID` with the first seed (the lr grid grows a step past its edge, up to
-               :data:`MAX_LR_EXTENSIONS` times, while the best lr sits on that edge), every seed then trained at the
-               chosen point
+               :data:`CONVERGED_GRID` with the first seed (the second where the first learned nothing; the lr
+               grid grows a step past its edge, up to :data:`MAX_LR_EXTENSIONS` times, while the best lr sits on
+               that edge), every seed then trained at the chosen point
 ``paper``      the published script's setting: 3 epochs at lr 1e-4, constant, no early stopping, no selection
 ``fixed``      exactly the given TrainConfig (lr, epochs, ...), no selection
 =============  =================================================================================================
@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
-from glotpool.experiments.runs import PoolerSpec, RunRecord, run_one
+from glotpool.experiments.runs import PoolerSpec, RunRecord, learned_anything, run_one
 from glotpool.states.cache import TokenCache
 from glotpool.training.heads import default_metric
 from glotpool.training.trainer import CachedSplits, TrainConfig, _is_better, resolve_metric
@@ -80,7 +81,7 @@ def describe(budget: str, base: dict, grid: dict, per: str = "pooler") -> str:
     widen = (f" (lr widened by up to {MAX_LR_EXTENSIONS} steps past an edge of its grid while dev chose that edge)"
              if len(grid.get("lr", ())) > 1 else "")
     return (text + f"; per {per} " + ", ".join(f"{k} ∈ {{{v}}}" for k, v in values.items())
-            + " chosen on dev with the first seed" + widen)
+            + " chosen on dev with the first seed (the second where the first learned nothing)" + widen)
 
 
 def point_name(point: dict) -> str:
@@ -95,9 +96,12 @@ def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: 
     """Pick ``grid``'s best point on dev with ``seeds[0]``, then train every seed there (each run resumable).
 
     While the best lr sits on an edge of the grid's lr values, the grid grows one step past it
-    (:func:`lr_beyond_edge`), at most ``widen_lr`` times (0: exactly ``grid``). Returns ``(chosen point, one record
-    per seed at that point, {point name: dev metric of every point tried})``. ``save_model`` keeps the first seed's
-    weights (of every grid point: the winner is not known in advance).
+    (:func:`lr_beyond_edge`), at most ``widen_lr`` times (0: exactly ``grid``). A point whose first-seed run learned
+    nothing (:func:`~glotpool.experiments.runs.learned_anything`: it collapsed to the class prior) is scored by one
+    retry with ``seeds[1]``, the run that seed reuses if the point wins: one collapsed seed does not rule an lr out
+    (or send the widening the wrong way), and the table still reports every seed, the collapsed one included.
+    Returns ``(chosen point, one record per seed at that point, {point name: dev metric of every point tried})``.
+    ``save_model`` keeps the first seed's weights (of every grid point: the winner is not known in advance).
     """
     metric, higher = resolve_metric(base, data.task_type)
     grid = {k: tuple(v) for k, v in grid.items()}
@@ -106,25 +110,34 @@ def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: 
         return run_one(spec, cache, data, replace(base, **point), seed=seed, head_options=head_options,
                        run_dir=run_root / point_name(point) / f"seed-{seed}", save_model=save_model and seed == seeds[0])
 
-    first: dict[str, tuple[dict, RunRecord]] = {}  # point name -> (point, seed-0 record), in the order tried
+    def scored(point) -> tuple[RunRecord, RunRecord]:
+        """(the first seed's record, the record that scores the point: that one, or its retry)"""
+        rec = run(point, seeds[0])
+        if learned_anything(rec) is False and len(seeds) > 1:
+            print(f"note: {spec.label} at {point_name(point)}: seed {seeds[0]} learned nothing (train loss stayed at "
+                  f"the class prior's); scoring the point by seed {seeds[1]}", file=sys.stderr)
+            return rec, run(point, seeds[1])
+        return rec, rec
+
+    first: dict[str, tuple[dict, RunRecord, RunRecord]] = {}  # point name -> (point, *scored(point)), as tried
     for _ in range(1 + widen_lr):
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             point = dict(zip(keys, combo))
             if point_name(point) not in first:
-                first[point_name(point)] = point, run(point, seeds[0])
+                first[point_name(point)] = point, *scored(point)
         best = None
-        for name, (point, rec) in first.items():
-            if best is None or _is_better(rec.dev.get(metric), first[best][1].dev.get(metric), higher,
-                                          rec.dev.get("loss"), first[best][1].dev.get("loss")):
+        for name, (point, _, rec) in first.items():
+            if best is None or _is_better(rec.dev.get(metric), first[best][2].dev.get(metric), higher,
+                                          rec.dev.get("loss"), first[best][2].dev.get("loss")):
                 best = name
         wider = lr_beyond_edge(grid.get("lr", ()), first[best][0].get("lr"))
         if wider is None:
             break
         grid["lr"] = tuple(sorted(grid["lr"] + (wider,)))
-    chosen, best_record = first[best]
+    chosen, best_record, _ = first[best]
     records = [best_record] + [run(chosen, s) for s in seeds[1:]]
-    dev_table = {name: rec.dev.get(metric) for name, (_, rec) in first.items()}
+    dev_table = {name: rec.dev.get(metric) for name, (_, _, rec) in first.items()}
     return chosen, records, dev_table
 
 

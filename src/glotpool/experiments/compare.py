@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from glotpool.data import TaskSource
 from glotpool.experiments.budgets import describe, protocol, tune_and_run
-from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, mean_std
+from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, learned_anything, mean_std
 from glotpool.experiments.significance import compare_to_best
 from glotpool.experiments.scaffold import adapt_spec, prepare_experiment
 from glotpool.io_utils import atomic_write_json, atomic_write_text
@@ -126,6 +126,9 @@ def summary_row(label: str, chosen: dict, recs: list, dev_table: dict, metric: s
            "predictions": [r.test_predictions for r in recs]}
     if recs[0].states:
         row["states"] = recs[0].states
+    collapsed = [r.seed for r in recs if learned_anything(r) is False]
+    if collapsed:  # kept in the mean (that is how reliable the row is), and said in the table
+        row["learned_nothing"] = collapsed
     mixes = [r.extra["layer_mix"] for r in recs if r.extra.get("layer_mix", {}).get("weights")]
     if mixes:
         row["layer_mix"] = {"layers": mixes[0]["layers"],
@@ -191,7 +194,10 @@ def row_cells(r: dict, sig: dict) -> dict:
     delta = ("best" if r["label"] == sig.get("best") else
              f"{t['delta'] * 100:+.1f} [{t['low'] * 100:+.1f}, {t['high'] * 100:+.1f}], p={t['p_value']:.3f}"
              if t else "—")
-    return {"test": text, "chosen": ", ".join(f"{k} {v:g}" for k, v in (r.get("chosen") or {}).items()) or "—",
+    chosen = ", ".join(f"{k} {v:g}" for k, v in (r.get("chosen") or {}).items()) or "—"
+    if r.get("learned_nothing"):
+        chosen += f"; seed {', '.join(map(str, r['learned_nothing']))} learned nothing (class prior)"
+    return {"test": text, "chosen": chosen,
             "delta": delta, "params": f"{r['parameters']:,}",
             "s/epoch": "—" if r["seconds_per_epoch"] != r["seconds_per_epoch"] else f"{r['seconds_per_epoch']:.2f}"}
 

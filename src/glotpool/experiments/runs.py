@@ -228,6 +228,34 @@ def run_settings(spec: PoolerSpec, cache_key: str, data: CachedSplits, cfg: Trai
     return settings
 
 
+LEARNED_MARGIN = 0.01  # a run learned nothing if no epoch's train loss fell 1 % below the constant prediction's
+
+
+def constant_prediction_loss(head, targets: np.ndarray | None) -> float | None:
+    """The loss ``head`` gives the best input-independent prediction on ``targets``. With class masses
+    m_c ∝ w_c n_c (w_c the head's class weight, 1 without; n_c the class count), the weighted mean cross-entropy
+    Σ_i w_{y_i} (−log p_{y_i}) / Σ_i w_{y_i} is smallest at p = m, where it is the entropy H(m) (ln C for balanced
+    classes). A classifier whose train loss never falls below it learned nothing from its inputs. None without
+    classes."""
+    if not head.is_classification or targets is None or len(targets) == 0:
+        return None
+    mass = np.bincount(np.asarray(targets), minlength=head.config.num_labels).astype(np.float64)
+    if head.class_weights is not None:
+        mass = mass * head.class_weights.detach().cpu().double().numpy()
+    m = mass[mass > 0] / mass.sum()
+    return float(-(m * np.log(m)).sum())
+
+
+def learned_anything(rec) -> bool | None:
+    """False when a run's train loss never fell ``LEARNED_MARGIN`` below the constant prediction's (it collapsed
+    to the class prior: on SmolLM2 / SNLI one GAT-GLOT seed did so at an lr where two others trained); None when
+    its record does not say (not a classifier, or a run from before the check)."""
+    loss = (getattr(rec, "extra", None) or {}).get("train_loss")
+    if not loss or loss.get("constant") is None or loss.get("min") is None:
+        return None
+    return loss["min"] < (1 - LEARNED_MARGIN) * loss["constant"]
+
+
 def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainConfig, *, seed: int,
             run_dir: str | Path | None = None, head_options: dict | None = None, save_model: bool = False,
             extra: dict | None = None) -> RunRecord:
@@ -259,6 +287,10 @@ def run_one(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, cfg: TrainC
     result: TrainResult = train_pooler(pooler, head, cache, data, cfg, states=spec.states,
                                        out_dir=run_dir if (save_model and run_dir is not None) else None)
     extra = dict(extra or {})
+    constant = constant_prediction_loss(head, data["train"].targets)
+    losses = [h["loss"] for h in result.history if not math.isnan(h["loss"])]
+    if constant is not None and losses:  # what learned_anything() reads
+        extra["train_loss"] = {"min": min(losses), "constant": constant}
     if spec.states.mixed:
         extra["layer_mix"] = {"layers": mixed_layers(spec.states, cache), **(pooler.layer_mix_weights() or {})}
     rec = RunRecord(label=spec.label, pooler=spec.name, options=spec.kwargs, seed=seed,
