@@ -175,8 +175,8 @@ def test_a_parameter_free_pooler_is_pooled_once_per_row_with_the_same_result(min
 
 
 def test_the_probe_extends_its_c_grid_while_the_best_c_sits_on_the_edge():
-    """A best C on the grid's edge makes the probe try the next decade out, until the best C is interior; the choice
-    is the best dev score over every C tried (seeded noisy data whose dev optimum is C = 0.1)."""
+    """A best C on the grid's edge makes the probe try the next decade out (budgets.beyond_edge, the lr grid's rule),
+    until the best C is interior; the choice is the best dev score over every C tried (seeded noisy data whose dev optimum is C = 0.1)."""
     from glotpool.experiments.probe import fit_probe
 
     rng = np.random.default_rng(0)
@@ -192,9 +192,11 @@ def test_the_probe_extends_its_c_grid_while_the_best_c_sits_on_the_edge():
     wide = fit_probe(x, y, "single", 2, c_grid=(1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0))
     assert wide["C"] == 0.1  # this data's dev optimum, inside the wide grid: no extension
     assert sorted(map(float, wide["dev_by_C"])) == [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
-    one = fit_probe(x, y, "single", 2, c_grid=(1.0,))  # on both edges: 0.1 and 10 next, then 0.1 wins -> 0.01
-    assert sorted(map(float, one["dev_by_C"])) == [0.01, 0.1, 1.0, 10.0] and one["C"] == 0.1
-    assert one["dev"]["accuracy"] == max(one["dev_by_C"].values()) == wide["dev_by_C"]["0.1"]
+    narrow = fit_probe(x, y, "single", 2, c_grid=(1e-3, 1e-2))  # 0.01 wins: add 0.1; 0.1 wins: add 1; 0.1 wins
+    assert sorted(map(float, narrow["dev_by_C"])) == [1e-3, 1e-2, 0.1, 1.0] and narrow["C"] == 0.1
+    assert narrow["dev"]["accuracy"] == max(narrow["dev_by_C"].values()) == wide["dev_by_C"]["0.1"]
+    fixed = fit_probe(x, y, "single", 2, c_grid=(1.0,))  # a one-point grid selects nothing, as for the lr grid
+    assert list(map(float, fixed["dev_by_C"])) == [1.0] and fixed["C"] == 1.0
 
 
 def test_the_main_jobs_settings_are_valid_protocols():
@@ -218,10 +220,10 @@ def test_the_lr_grid_widens_past_its_edge_while_dev_picks_the_edge(monkeypatch, 
 
     from glotpool.experiments import budgets
 
-    assert budgets.lr_beyond_edge((3e-4, 1e-3, 3e-3, 1e-2), 3e-4) == 1e-4
-    assert budgets.lr_beyond_edge((3e-4, 1e-3, 3e-3, 1e-2), 1e-2) == 3e-2
-    assert budgets.lr_beyond_edge((1e-3, 1e-2), 1e-2) == 1e-1
-    assert budgets.lr_beyond_edge((1e-3, 1e-2), 5e-3) is None and budgets.lr_beyond_edge((1e-3,), 1e-3) is None
+    assert budgets.beyond_edge((3e-4, 1e-3, 3e-3, 1e-2), 3e-4) == 1e-4
+    assert budgets.beyond_edge((3e-4, 1e-3, 3e-3, 1e-2), 1e-2) == 3e-2
+    assert budgets.beyond_edge((1e-3, 1e-2), 1e-2) == 1e-1
+    assert budgets.beyond_edge((1e-3, 1e-2), 5e-3) is None and budgets.beyond_edge((1e-3,), 1e-3) is None
     runs = []
 
     def fake_run(spec, cache, data, cfg, seed, head_options, run_dir, save_model):

@@ -96,7 +96,7 @@ def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: 
     """Pick ``grid``'s best point on dev with ``seeds[0]``, then train every seed there (each run resumable).
 
     While the best lr sits on an edge of the grid's lr values, the grid grows one step past it
-    (:func:`lr_beyond_edge`), at most ``widen_lr`` times (0: exactly ``grid``). A point whose first-seed run learned
+    (:func:`beyond_edge`), at most ``widen_lr`` times (0: exactly ``grid``). A point whose first-seed run learned
     nothing (:func:`~glotpool.experiments.runs.learned_anything`: it collapsed to the class prior) is scored by one
     retry with ``seeds[1]``, the run that seed reuses if the point wins: one collapsed seed does not rule an lr out
     (or send the widening the wrong way), and the table still reports every seed, the collapsed one included.
@@ -131,7 +131,7 @@ def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: 
             if best is None or _is_better(rec.dev.get(metric), first[best][2].dev.get(metric), higher,
                                           rec.dev.get("loss"), first[best][2].dev.get("loss")):
                 best = name
-        wider = lr_beyond_edge(grid.get("lr", ()), first[best][0].get("lr"))
+        wider = beyond_edge(grid.get("lr", ()), first[best][0].get("lr"))
         if wider is None:
             break
         grid["lr"] = tuple(sorted(grid["lr"] + (wider,)))
@@ -141,13 +141,14 @@ def tune_and_run(spec: PoolerSpec, cache: TokenCache, data: CachedSplits, base: 
     return chosen, records, dev_table
 
 
-def lr_beyond_edge(lrs: tuple[float, ...], chosen: float | None) -> float | None:
-    """The next learning rate to try when dev chose an edge of the lr grid ``lrs`` (>= 2 values), else None.
+def beyond_edge(values: tuple[float, ...], chosen: float | None) -> float | None:
+    """The next value to try when dev chose an edge of the log grid ``values`` (>= 2 values), else None.
 
-    A best point on the edge says the optimum may lie beyond it, so that row was not shown to be tuned; the step
+    A best point on the edge says the optimum may lie beyond it, so that choice was not shown to be tuned; the step
     beyond is the grid's own ratio at that edge, snapped to the 1-3-10 ladder (3e-4 below {3e-4, 1e-3, ...} gives
-    1e-4; 3e-2 above {..., 1e-2, 3e-2} gives 1e-1)."""
-    lrs = sorted(set(lrs))
+    1e-4; 3e-2 above {..., 1e-2, 3e-2} gives 1e-1; a decade grid steps a decade). The one rule for every grid tuned
+    on dev: the converged budget's learning rates and the sklearn probe's ``C``."""
+    lrs = sorted(set(values))
     if chosen is None or len(lrs) < 2 or lrs[0] < chosen < lrs[-1]:
         return None
     edge, neighbour = (lrs[0], lrs[1]) if chosen == lrs[0] else (lrs[-1], lrs[-2])

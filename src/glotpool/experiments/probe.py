@@ -2,7 +2,7 @@
 
 The reference a linear head must reach: ``LogisticRegression`` (L-BFGS to convergence) with its inverse
 regularisation ``C`` chosen on dev from a log grid (extended by a decade, up to three times, while the best ``C`` sits
-on its edge), refitted on train at the chosen ``C``, then the test split scored once. Features are the pooled vectors
+on its edge; a one-point grid is fitted as given), refitted on train at the chosen ``C``, then the test split scored once. Features are the pooled vectors
 (pairs: ``[z1 ‖ z2]``, the linear pair head's input), standardised on train.
 :func:`fit_probe` is the probe itself (on any features: ``glotpool layers`` runs it once per layer);
 :func:`sklearn_probe` feeds it a pooler's vectors of cached states.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from glotpool.experiments.budgets import beyond_edge
 from glotpool.pooling import build_pooler
 from glotpool.states.cache import TokenCache
 from glotpool.training.heads import head_class
@@ -75,11 +76,10 @@ def fit_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray], task_type: str
                 models[c] = fit(c)
                 dev[c] = score(models[c], "dev")
         best_c = max(grid, key=lambda c: (dev[c][metric], -c))  # ties: the stronger regularisation
-        # a best C on the grid's edge says the optimum may lie beyond it: extend one decade that way
-        wider = ([best_c / 10] if best_c == grid[0] else []) + ([best_c * 10] if best_c == grid[-1] else [])
-        if not wider:
+        wider = beyond_edge(tuple(grid), best_c)  # on a decade grid: one decade past the edge dev chose
+        if wider is None:
             break
-        grid = sorted(grid + wider)
+        grid = sorted(grid + [wider])
     model = models[best_c]
     out = {"C": best_c, "dev_by_C": {str(c): dev[c][metric] for c in sorted(dev)}, "dev": dev[best_c]}
     if "test" in x:
