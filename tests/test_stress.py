@@ -49,3 +49,27 @@ def test_small_stress_run_glot_beats_mean_at_high_ratio(minilm, tmp_path):
     again = run_stress(settings, tmp_path / "s", backbone=minilm)
     assert again["summary"] == result["summary"]
     assert again["total_seconds"] < result["total_seconds"]
+
+
+def test_stress_table_names_a_seed_that_learned_nothing():
+    """A collapsed seed (train loss stayed at the class prior's) stays in its cell's mean and is named beside it;
+    a seed that learned, or a record from before the check (no train_loss), is not."""
+    from glotpool.experiments.stress import format_table, summarize
+
+    def rec(label, seed, acc, loss_min):
+        extra = {} if loss_min is None else {"train_loss": {"min": loss_min, "constant": 0.693}}
+        return {"ratio": 0.9, "budget": "converged", "label": label, "seed": seed, "test": {"accuracy": acc},
+                "extra": extra, "test_predictions": None, "chosen": {"lr": 1e-3}}
+
+    records = [rec("glot", 0, 0.9, 0.2), rec("glot", 1, 0.5, 0.69), rec("glot", 2, 0.8, None),
+               rec("mean", 0, 0.6, 0.5)]
+    settings = StressSettings(ratios=(0.9,), poolers=("mean", "glot"), seeds=(0, 1, 2), budgets=("converged",))
+    summary = summarize(records, settings, golds={})
+    glot = summary["converged"]["glot"]["0.9"]
+    assert glot["learned_nothing"] == [1] and glot["mean"] == pytest.approx((0.9 + 0.5 + 0.8) / 3)
+    assert "learned_nothing" not in summary["converged"]["mean"]["0.9"]
+    table = format_table(summary, settings, [], {"converged": {"base": {"epochs": 60, "schedule": "cosine",
+                                                                       "patience": 8}, "grid": {"lr": (1e-3,)}}})
+    glot_line = next(line for line in table.splitlines() if line.startswith("| glot |"))
+    mean_line = next(line for line in table.splitlines() if line.startswith("| mean |"))
+    assert "(seed 1 learned nothing)" in glot_line and "learned nothing" not in mean_line

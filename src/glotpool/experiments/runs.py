@@ -249,8 +249,9 @@ def constant_prediction_loss(head, targets: np.ndarray | None) -> float | None:
 def learned_anything(rec) -> bool | None:
     """False when a run's train loss never fell ``LEARNED_MARGIN`` below the constant prediction's (it collapsed
     to the class prior: on SmolLM2 / SNLI one GAT-GLOT seed did so at an lr where two others trained); None when
-    its record does not say (not a classifier, or a run from before the check)."""
-    loss = (getattr(rec, "extra", None) or {}).get("train_loss")
+    its record does not say (not a classifier, or a run from before the check). ``rec``: a RunRecord or its dict."""
+    extra = rec.get("extra") if isinstance(rec, dict) else getattr(rec, "extra", None)
+    loss = (extra or {}).get("train_loss")
     if not loss or loss.get("constant") is None or loss.get("min") is None:
         return None
     return loss["min"] < (1 - LEARNED_MARGIN) * loss["constant"]

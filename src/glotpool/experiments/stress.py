@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from glotpool.data import LoadedTask
 from glotpool.experiments.budgets import describe, point_name, protocol, tune_and_run
-from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, mean_std
+from glotpool.experiments.runs import PoolerSpec, fmt_mean_std, learned_anything, mean_std
 from glotpool.experiments.significance import compare_to_best
 from glotpool.io_utils import atomic_write_json, atomic_write_text
 from glotpool.data.stressgen import StressConfig, make_stress_data, save_stress_data, stress_splits, token_counter
@@ -154,15 +154,17 @@ def backbone_tag(backbone) -> str:
 
 
 def summarize(records: list[dict], settings: StressSettings, golds: dict) -> dict:
-    """``{budget: {pooler label: {ratio: {"mean", "std", "n", "acc", "chosen", "edges_per_token", "vs_best"}}}}`` of
-    eval accuracy; ``vs_best`` is the paired test against the ratio's best pooler under that budget (None: it is the
-    best)."""
+    """``{budget: {pooler label: {ratio: {"mean", "std", "n", "acc", "chosen", "edges_per_token", "vs_best",
+    "learned_nothing"?}}}}`` of eval accuracy; ``vs_best`` is the paired test against the ratio's best pooler under
+    that budget (None: it is the best); ``learned_nothing`` lists the seeds whose runs collapsed to the class prior."""
     out: dict = {}
     predictions: dict = {}
     for r in records:
         ratio = f"{r['ratio']:g}"
         cell = out.setdefault(r["budget"], {}).setdefault(r["label"], {}).setdefault(ratio, {"acc": []})
         cell["acc"].append((r["test"] or {}).get("accuracy", math.nan))
+        if learned_anything(r) is False:  # it stays in the mean; the table names it
+            cell.setdefault("learned_nothing", []).append(r["seed"])
         cell["chosen"] = r.get("chosen", {})
         if "graph" in r:
             cell["edges_per_token"] = r["graph"]["edges_per_token"]
@@ -217,16 +219,19 @@ def format_table(summary: dict, settings: StressSettings, graph: list[dict], pro
 
 
 def _cell(c: dict | None) -> str:
-    """A ratio's cell: mean ± std, bold when best or (†) not significantly different from the best."""
+    """A ratio's cell: mean ± std, bold when best or (†) not significantly different from the best, then the seeds
+    that learned nothing."""
     if c is None:
         return ""
     text = fmt_mean_std(c["acc"])
-    if "vs_best" not in c:  # no test (a lone pooler)
-        return text
-    t = c["vs_best"]
+    t = c.get("vs_best", False)  # absent: no test (a lone pooler)
     if t is None:
-        return f"**{text}**"
-    return f"**{text}** †" if t["p_value"] >= 0.05 else text
+        text = f"**{text}**"
+    elif t and t["p_value"] >= 0.05:
+        text = f"**{text}** †"
+    if c.get("learned_nothing"):
+        text += f" (seed {', '.join(map(str, c['learned_nothing']))} learned nothing)"
+    return text
 
 
 def _token_weight_figure(out_dir: Path, records, backbone, weight_examples, settings: StressSettings) -> None:
