@@ -176,7 +176,8 @@ def test_a_parameter_free_pooler_is_pooled_once_per_row_with_the_same_result(min
 
 def test_the_probe_extends_its_c_grid_while_the_best_c_sits_on_the_edge():
     """A best C on the grid's edge makes the probe try the next decade out (budgets.beyond_edge, the lr grid's rule),
-    until the best C is interior; the choice is the best dev score over every C tried (seeded noisy data whose dev optimum is C = 0.1)."""
+    until the best C is interior; the choice is the best dev score over every C tried (seeded noisy data whose dev
+    optimum is C = 0.1)."""
     from glotpool.experiments.probe import fit_probe
 
     rng = np.random.default_rng(0)

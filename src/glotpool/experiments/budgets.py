@@ -148,12 +148,12 @@ def beyond_edge(values: tuple[float, ...], chosen: float | None) -> float | None
     beyond is the grid's own ratio at that edge, snapped to the 1-3-10 ladder (3e-4 below {3e-4, 1e-3, ...} gives
     1e-4; 3e-2 above {..., 1e-2, 3e-2} gives 1e-1; a decade grid steps a decade). The one rule for every grid tuned
     on dev: the converged budget's learning rates and the sklearn probe's ``C``."""
-    lrs = sorted(set(values))
-    if chosen is None or len(lrs) < 2 or lrs[0] < chosen < lrs[-1]:
+    grid = sorted(set(values))
+    if chosen is None or len(grid) < 2 or grid[0] < chosen < grid[-1]:
         return None
-    edge, neighbour = (lrs[0], lrs[1]) if chosen == lrs[0] else (lrs[-1], lrs[-2])
+    edge, neighbour = (grid[0], grid[1]) if chosen == grid[0] else (grid[-1], grid[-2])
     target = edge * edge / neighbour
     ladder = [m * 10.0 ** e for e in range(math.floor(math.log10(target)) - 1, math.floor(math.log10(target)) + 2)
               for m in (1, 3)]
     snapped = min(ladder, key=lambda v: abs(math.log(v / target)))
-    return float(f"{snapped:.0e}") if snapped not in lrs and (snapped - edge) * (target - edge) > 0 else target
+    return float(f"{snapped:.0e}") if snapped not in grid and (snapped - edge) * (target - edge) > 0 else target

@@ -2,8 +2,8 @@
 
 The reference a linear head must reach: ``LogisticRegression`` (L-BFGS to convergence) with its inverse
 regularisation ``C`` chosen on dev from a log grid (extended by a decade, up to three times, while the best ``C`` sits
-on its edge; a one-point grid is fitted as given), refitted on train at the chosen ``C``, then the test split scored once. Features are the pooled vectors
-(pairs: ``[z1 ‖ z2]``, the linear pair head's input), standardised on train.
+on its edge; a one-point grid is fitted as given), refitted on train at the chosen ``C``, then the test split scored
+once. Features are the pooled vectors (pairs: ``[z1 ‖ z2]``, the linear pair head's input), standardised on train.
 :func:`fit_probe` is the probe itself (on any features: ``glotpool layers`` runs it once per layer);
 :func:`sklearn_probe` feeds it a pooler's vectors of cached states.
 """
